@@ -1,0 +1,136 @@
+"""``python -m pipebd``: the command line.
+
+``run`` and ``zoo`` live here; every other command lives in its own module that exposes
+``add_cli(subparsers)`` (registering a parser whose ``func`` takes the parsed arguments) and is
+listed in :data:`COMMAND_MODULES`. :func:`add_run_options` / :func:`config_from_args` are the
+one definition of the run options, shared by every command that runs something.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .config import ConfigError, RunConfig
+
+__all__ = ["main", "add_run_options", "config_from_args", "COMMAND_MODULES"]
+
+#: Modules that add subcommands (each defines ``add_cli(subparsers)``).
+COMMAND_MODULES = ["pipebd.verify"]
+
+
+def add_run_options(p: argparse.ArgumentParser, *, strategy: bool = True) -> None:
+    d = RunConfig()
+    g = p.add_argument_group("workload")
+    g.add_argument("--workload", "-w", default=d.workload, help="workload name (see `python -m pipebd zoo`)")
+    g.add_argument("--resolution", type=int, default=None, help="input resolution in pixels (workload default)")
+    g.add_argument("--width-mult", type=float, default=d.width_mult, help="channel width multiplier")
+    g.add_argument("--num-classes", type=int, default=None, help="number of classes (dataset default)")
+    g.add_argument("--teacher-weights", default=None, metavar="PATH",
+                   help="state dict of the full teacher (torch.save(model.state_dict())); random init if absent")
+    g.add_argument("--no-student-bn", dest="student_bn", action="store_false",
+                   help="tiny only: a BatchNorm-free student")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=d.data, help="synthetic (default), cifar10 or imagenet")
+    g.add_argument("--data-root", default=None, help="dataset directory for cifar10 / imagenet")
+    g.add_argument("--data-size", type=int, default=None, help="synthetic samples per epoch")
+    g.add_argument("--augment", action="store_true", help="seeded random crop + flip")
+    g = p.add_argument_group("training")
+    if strategy:
+        g.add_argument("--strategy", "-s", default=d.strategy, help="strategy name (see `python -m pipebd verify --list`)")
+    g.add_argument("--devices", "-n", type=int, default=d.devices, help="number of ranks (devices)")
+    g.add_argument("--device", dest="device_type", default=d.device_type, choices=("cpu", "cuda"))
+    g.add_argument("--batch-size", "-b", type=int, default=d.batch_size, help="global batch size")
+    g.add_argument("--steps", type=int, default=d.steps, help="measured steps per block")
+    g.add_argument("--warmup", type=int, default=d.warmup, help="untimed warm-up steps per block (trained too)")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g = p.add_argument_group("strategy layout")
+    g.add_argument("--shards", type=int, default=d.shards, help="sequential: ghost shards per batch")
+    g.add_argument("--stages", default=None, help="tr/tr-dpu: blocks per rank, e.g. 0-1,2-3,4-5")
+    g.add_argument("--ls-map", default=None, help="ls: blocks per rank, e.g. 0:1:2,3:4,5")
+    g.add_argument("--plan", default=None, help="ahd: a plan string as printed by `python -m pipebd plan`")
+    g.add_argument("--inflight", type=int, default=d.inflight, help="tr-dpu/ahd: batches in flight per link")
+    g.add_argument("--profile", default=None, metavar="CSV", help="reuse a profile written by `python -m pipebd profile`")
+    g = p.add_argument_group("run control")
+    g.add_argument("--threads", type=int, default=None, help="threads per rank (default: cores ÷ ranks)")
+    g.add_argument("--timeout", type=float, default=d.timeout, help="seconds any communication may wait")
+    g.add_argument("--out", default=d.out, help="results directory (runs.csv, ranks.csv, events.csv, traces/)")
+    g.add_argument("--tag", default="", help="free text recorded in runs.csv")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    g.add_argument("--no-trace", dest="trace", action="store_false", help="skip events.csv and the Chrome trace")
+    g.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
+                   help="import MODULE in every rank (registers extra strategies)")
+    g.add_argument("--inject-fault", default=None, metavar="RANK:STEP:raise|kill|hang",
+                   help="testing aid: make RANK fail at STEP")
+
+
+def config_from_args(args: argparse.Namespace, **override) -> RunConfig:
+    fields = RunConfig.__dataclass_fields__
+    kw = {k: v for k, v in vars(args).items() if k in fields}
+    if "plugins" in kw:
+        kw["plugins"] = tuple(kw["plugins"])
+    kw.update(override)
+    return RunConfig(**kw)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .runner import launch
+
+    cfg = config_from_args(args)
+    outcome = launch(cfg)
+    if outcome.row:
+        r = outcome.row
+        print(f"{r['strategy']} on {r['devices']} {r['device_type']} rank(s), {r['workload']}: "
+              f"{r['throughput_sps']:.1f} samples/s, epoch {r['epoch_time_s']:.1f} s "
+              f"({r['steps_measured']} measured steps/block, utilisation {r['mean_utilisation']:.0%}); "
+              f"run {r['run_id']} -> {cfg.out}/runs.csv")
+    return 0
+
+
+def _cmd_zoo(args: argparse.Namespace) -> int:
+    from .zoo_table import print_zoo
+
+    print_zoo(args.workload, resolution=args.resolution)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipebd", description="Pipelined parallel blockwise distillation "
+                                "(Pipe-BD) and its baselines: run, verify, profile, plan and benchmark.")
+    p.add_argument("--log-level", default="WARNING", help="logging level (INFO shows what each part decides)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    r = sub.add_parser("run", help="train one strategy on N ranks and append its measurements to CSVs")
+    add_run_options(r)
+    r.set_defaults(func=_cmd_run)
+    z = sub.add_parser("zoo", help="list the workloads: blocks, parameters, FLOPs, boundary shapes")
+    z.add_argument("workload", nargs="*", help="workloads to show (default: all)")
+    z.add_argument("--resolution", type=int, default=None, help="override every workload's resolution")
+    z.set_defaults(func=_cmd_zoo)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_cli(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="[%(name)s] %(message)s")
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"pipebd: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pipebd: interrupted; every rank was stopped", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 — a clear one-line error, the traceback with --log-level DEBUG
+        from .runner import RunFailed
+
+        if isinstance(e, RunFailed) or not logging.getLogger().isEnabledFor(logging.DEBUG):
+            print(f"pipebd: error: {e}", file=sys.stderr)
+            return 1
+        raise

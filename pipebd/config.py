@@ -1,0 +1,183 @@
+"""Run configuration: one dataclass that every part of a run reads, validated before spawn.
+
+:class:`RunConfig` holds what the CLI, an experiment file or a test asks for. :func:`validate`
+checks everything that can be checked without starting a process (workload, strategy, data
+source, devices, batch splits, the strategy's own layout options, CUDA availability, output
+directory) and raises :class:`ConfigError` with a message a user can act on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+__all__ = ["RunConfig", "ConfigError", "validate"]
+
+DEVICE_TYPES = ("cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """The run configuration is invalid; the message says what, the allowed values and a fix."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs. Strategy-specific layout options are plain strings here and
+    parsed by the strategy's own ``validate`` (so the runner knows no strategy internals)."""
+
+    workload: str = "tiny"
+    strategy: str = "sequential"
+    devices: int = 1
+    batch_size: int = 32
+    steps: int = 10  # measured steps per block
+    warmup: int = 2  # trained but untimed steps per block, before the measured ones
+    seed: int = 0
+    device_type: str = "cpu"
+    # workload options
+    resolution: int | None = None
+    width_mult: float = 1.0
+    num_classes: int | None = None
+    teacher_weights: str | None = None
+    student_bn: bool = True
+    # data
+    data: str = "synthetic"
+    data_root: str | None = None
+    data_size: int | None = None
+    augment: bool = False
+    # optimisation
+    lr: float = 0.05
+    weight_decay: float = 4e-5
+    # strategy layout options
+    shards: int = 1  # sequential: ghost shards
+    block_shards: tuple[tuple[int, ...], ...] | None = None  # sequential: shard sizes per block (verify)
+    stages: str | None = None  # tr / tr-dpu: "0-1,2-3"
+    ls_map: str | None = None  # ls: "0:1:2,3:4,5"
+    plan: str | None = None  # ahd
+    inflight: int = 2  # tr-dpu / ahd: batches in flight per link
+    profile: str | None = None  # a profile CSV reused by planners
+    # run control
+    threads: int | None = None  # threads per rank; default cores // ranks
+    timeout: float = 60.0  # seconds any collective / p2p op may wait
+    out: str = "results"
+    tag: str = ""  # free text recorded in runs.csv (experiment name etc.)
+    quiet: bool = False
+    trace: bool = True  # write events.csv + trace.json
+    save_weights: str | None = None  # path: rank 0 saves the final student weights (verify)
+    plugins: tuple[str, ...] = ()  # modules imported in every rank (register extra strategies)
+    inject_fault: str | None = None  # RANK:STEP:raise|kill|hang (testing aid)
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0
+    resume: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def total_steps(self) -> int:
+        """Training steps per block (warm-up + measured); the cosine schedule spans these."""
+        return self.warmup + self.steps
+
+    def replace(self, **kw) -> "RunConfig":
+        return dataclasses.replace(self, **kw)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check ``cfg`` completely, without starting any process; raise :class:`ConfigError`."""
+    from . import data as data_mod
+    from .executors import get_strategy, import_plugins
+    from .zoo import WorkloadError, canonical_name
+
+    try:
+        canonical_name(cfg.workload)
+    except WorkloadError as e:
+        raise ConfigError(str(e)) from None
+    import_plugins(cfg.plugins)
+    strategy = get_strategy(cfg.strategy)  # raises ConfigError listing the strategies
+    if cfg.devices < 1:
+        raise ConfigError(f"--devices must be >= 1, got {cfg.devices}")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if cfg.steps < 1:
+        raise ConfigError(f"--steps must be >= 1 (measured steps per block), got {cfg.steps}")
+    if cfg.warmup < 0:
+        raise ConfigError(f"--warmup must be >= 0, got {cfg.warmup}")
+    if cfg.timeout <= 0:
+        raise ConfigError(f"--timeout must be > 0 seconds, got {cfg.timeout}")
+    if cfg.inflight < 1:
+        raise ConfigError(f"--inflight must be >= 1, got {cfg.inflight}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {cfg.threads}")
+    if cfg.device_type not in DEVICE_TYPES:
+        raise ConfigError(f"--device must be one of {', '.join(DEVICE_TYPES)}, got {cfg.device_type!r}")
+    if cfg.device_type == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda asked for, but CUDA is not available here; use --device cpu")
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", cfg.devices))
+        if torch.cuda.device_count() < local:
+            raise ConfigError(
+                f"--device cuda with {local} ranks on this host needs {local} GPUs, found "
+                f"{torch.cuda.device_count()}; lower --devices"
+            )
+    if cfg.teacher_weights is not None and not os.path.isfile(cfg.teacher_weights):
+        raise ConfigError(f"--teacher-weights {cfg.teacher_weights!r} does not exist")
+    try:
+        data_mod.validate_data_config(data_config(cfg))
+    except data_mod.DataError as e:
+        raise ConfigError(str(e)) from None
+    from .faults import parse_fault
+
+    parse_fault(cfg.inject_fault, cfg.devices)
+    num_blocks = workload_num_blocks(cfg)
+    strategy.validate(cfg, num_blocks)
+    _check_writable(cfg.out)
+
+
+def _check_writable(out: str) -> None:
+    path = os.path.abspath(out)
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"output directory {out!r} is not writable (checked {probe!r}); pass --out DIR")
+
+
+_BLOCK_COUNTS: dict[tuple, int] = {}
+
+
+def workload_num_blocks(cfg: RunConfig) -> int:
+    """Number of blocks of ``cfg``'s workload (built once on the meta device, cached)."""
+    from .zoo import WorkloadOptions, build_workload
+
+    key = (cfg.workload, cfg.resolution, cfg.width_mult, cfg.num_classes)
+    if key not in _BLOCK_COUNTS:
+        import torch
+
+        with torch.device("meta"):
+            wl = build_workload(cfg.workload, WorkloadOptions(resolution=cfg.resolution, width_mult=cfg.width_mult,
+                                                              num_classes=cfg.num_classes), probe=False)
+        _BLOCK_COUNTS[key] = wl.num_blocks
+    return _BLOCK_COUNTS[key]
+
+
+def workload_options(cfg: RunConfig):
+    from .zoo import WorkloadOptions
+
+    return WorkloadOptions(resolution=cfg.resolution, width_mult=cfg.width_mult, num_classes=cfg.num_classes,
+                           teacher_weights=cfg.teacher_weights, seed=cfg.seed, student_bn=cfg.student_bn)
+
+
+def data_config(cfg: RunConfig, workload=None):
+    """The data configuration of ``cfg`` (resolution/classes follow the workload when built)."""
+    from .data import DataConfig
+
+    stands_in = "cifar10" if workload is None else workload.default_dataset
+    if stands_in == "synthetic":
+        stands_in = "cifar10"
+    res = workload.input_shape[-1] if workload is not None else (cfg.resolution or 32)
+    classes = workload.num_classes if workload is not None else (cfg.num_classes or 10)
+    return DataConfig(source=cfg.data, root=cfg.data_root, resolution=res, num_classes=classes,
+                      size=cfg.data_size, stands_in_for=stands_in, augment=cfg.augment, seed=cfg.seed)

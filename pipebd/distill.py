@@ -1,0 +1,118 @@
+"""The math of one block of blockwise knowledge distillation (DESIGN.md §1).
+
+Student block ``i`` is trained to map the teacher's input of block ``i`` to the teacher's
+output of block ``i``: plain MSE on block outputs, and soft-label cross-entropy against the
+teacher's logits for the last block (as in DNA and Pipe-BD's released code). The teacher is
+frozen in eval mode under ``no_grad``. Each student block has its own SGD optimizer
+(Nesterov momentum 0.9, weight decay) and cosine schedule over the steps it will train.
+
+Every strategy trains through :class:`BlockTrainer`, so the math cannot drift between them:
+``accumulate`` adds the gradient of one shard (weighted by its share of the batch, so uneven
+data-parallel splits average correctly), ``apply`` takes the optimizer step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .zoo.layers import sample_path
+
+__all__ = ["OptimConfig", "BlockTrainer", "block_loss", "teacher_forward", "shard_sizes"]
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    nesterov: bool = True
+
+
+def block_loss(output: torch.Tensor, target: torch.Tensor, *, last: bool) -> torch.Tensor:
+    """MSE against the teacher's block output; soft-label CE against its logits on the last block."""
+    if last:
+        return -(F.softmax(target, dim=1) * F.log_softmax(output, dim=1)).sum(dim=1).mean()
+    return F.mse_loss(output, target)
+
+
+@torch.no_grad()
+def teacher_forward(blocks: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    for b in blocks:
+        x = b(x)
+    return x
+
+
+def shard_sizes(total: int, parts: int) -> list[int]:
+    """Split ``total`` rows into ``parts`` contiguous shards as evenly as possible (larger first)."""
+    if parts < 1 or parts > total:
+        raise ValueError(f"cannot split a batch of {total} into {parts} shards (need 1 <= shards <= batch)")
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+@dataclass
+class BlockTrainer:
+    """One student block with its optimizer and schedule; the only place a student learns."""
+
+    index: int
+    block: nn.Module
+    last: bool
+    total_steps: int
+    seed: int
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    paths: list[tuple[int, ...] | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.block.train()
+        self.optimizer = torch.optim.SGD(
+            self.block.parameters(), lr=self.optim.lr, momentum=self.optim.momentum,
+            weight_decay=self.optim.weight_decay, nesterov=self.optim.nesterov,
+        )
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, self.total_steps))
+        self.step_count = 0
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def begin(self, step: int) -> None:
+        """Select the NAS path of ``step`` (a function of seed, block, step only)."""
+        path = sample_path(self.block, seed=self.seed, block_index=self.index, step=step)
+        if path is not None:
+            self.block.set_path(path)
+        self.paths.append(path)
+
+    def accumulate(self, x: torch.Tensor, target: torch.Tensor, *, weight: float = 1.0) -> torch.Tensor:
+        """Forward + loss + backward of one shard; its loss counts ``weight`` of the batch's."""
+        out = self.block(x)
+        loss = block_loss(out, target, last=self.last)
+        (loss * weight).backward()
+        return loss.detach()
+
+    def apply(self) -> None:
+        """Optimizer and schedule step; clears the gradients."""
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step_count += 1
+
+    def grads(self) -> list[torch.Tensor]:
+        """Gradients present this step (an unsampled supernet choice has none, on every replica)."""
+        return [p.grad for p in self.block.parameters() if p.grad is not None]
+
+    def train_step(self, step: int, x: torch.Tensor, target: torch.Tensor, *, shards: int = 1) -> torch.Tensor:
+        """One whole step on one device, optionally as ``shards`` ghost shards (data-parallel numerics)."""
+        self.begin(step)
+        loss = torch.zeros(())
+        lo = 0
+        for n in shard_sizes(x.shape[0], shards):
+            w = n / x.shape[0]
+            loss += w * self.accumulate(x[lo:lo + n], target[lo:lo + n], weight=w)
+            lo += n
+        self.apply()
+        return loss
+
+    def state(self) -> dict:
+        return {"block": self.block.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "step": self.step_count}
