@@ -114,7 +114,13 @@ class Strategy(ABC):
 
     @abstractmethod
     def run(self) -> dict[int, BlockTrainer]:
-        """Train ``cfg.total_steps`` steps per block; return the trainers whose weights this rank reports."""
+        """Train ``cfg.total_steps`` steps per block; return the trainers whose weights this rank reports.
+
+        Conventions every strategy keeps: build trainers with ``ctx.trainer(i)``; train each
+        trainer from ``trainer.step_count`` (0, or later when a run resumes from a checkpoint)
+        to ``cfg.total_steps``; open the recorder's measurement window at step ``cfg.warmup``;
+        call ``ctx.after_step(step, trainers)`` after each step it completes.
+        """
 
 
 def register_strategy(name: str):
