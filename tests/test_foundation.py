@@ -1,0 +1,228 @@
+"""Foundation: zoo shapes, data order, distillation math, determinism, clear errors, the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from pipebd.config import ConfigError, RunConfig, validate
+from pipebd.data import DataConfig, DataError, DataSource
+from pipebd.distill import BlockTrainer, shard_sizes, teacher_forward
+from pipebd.zoo import WorkloadError, WorkloadOptions, build_workload, sample_path, workload_names
+from pipebd.zoo.registry import probe_shapes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAPER_WORKLOADS = {"nas-cifar10", "nas-imagenet", "compress-vgg16-cifar10", "compress-vgg16-imagenet",
+                   "compress-resnet50-cifar10", "compress-resnet50-imagenet", "tiny"}
+
+
+@pytest.mark.parametrize("name", workload_names())
+def test_every_workload_chains_shapes(name):
+    wl = build_workload(name, WorkloadOptions(resolution=32 if "imagenet" in name else None))
+    assert wl.num_blocks == len(wl.student) >= 4
+    shapes = wl.boundary_shapes
+    assert shapes[0] == wl.input_shape and shapes[-1] == (wl.num_classes,)
+    x = torch.randn(2, *wl.input_shape)
+    for i, (t, s) in enumerate(zip(wl.teacher, wl.student)):
+        y = teacher_forward([t], x)
+        path = sample_path(s, seed=0, block_index=i, step=3)
+        if path is not None:
+            s.set_path(path)
+        assert s(x).shape == y.shape == (2, *shapes[i + 1])
+        x = y
+
+
+def test_zoo_lists_every_paper_workload_and_aliases():
+    assert PAPER_WORKLOADS <= set(workload_names())
+    assert build_workload("compress-cifar10", probe=False).name == "compress-vgg16-cifar10"
+    assert build_workload("compress-imagenet", WorkloadOptions(resolution=32), probe=False).name == "compress-vgg16-imagenet"
+
+
+def test_workload_structure_matches_the_paper():
+    nas = build_workload("nas-cifar10")
+    assert nas.num_blocks == 6 and nas.is_nas
+    assert [len(b.cells) for b in nas.student] == [2, 4, 4, 4, 4, 1]
+    assert [s[0] for s in nas.boundary_shapes[1:-1]] == [24, 32, 64, 96, 160]
+    assert build_workload("compress-vgg16-cifar10").num_blocks == 5
+    assert build_workload("compress-resnet50-cifar10").num_blocks == 4
+    # student 3x3 convs are depthwise-separable: no dense 3x3 conv remains
+    for s in build_workload("compress-vgg16-cifar10").student:
+        for m in s.modules():
+            if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3):
+                assert m.groups == m.in_channels
+
+
+def test_workload_options_change_the_model():
+    a = build_workload("nas-cifar10", WorkloadOptions(width_mult=0.5, num_classes=7, resolution=16))
+    assert a.input_shape == (3, 16, 16) and a.boundary_shapes[-1] == (7,)
+    assert a.boundary_shapes[1][0] < 24
+
+
+def test_shape_mismatch_is_a_clear_error():
+    wl = build_workload("tiny")
+    wl.student[1] = nn.Conv2d(8, 5, 3, 2, 1)  # wrong width: teacher outputs 16 channels
+    with pytest.raises(WorkloadError, match="student block 1 outputs"):
+        probe_shapes(wl)
+
+
+def test_unknown_workload_is_a_clear_error():
+    with pytest.raises(WorkloadError, match="unknown workload 'nope'.*nas-cifar10"):
+        build_workload("nope")
+    with pytest.raises(ConfigError, match="unknown workload"):
+        validate(RunConfig(workload="nope"))
+
+
+def test_teacher_weights_load_strictly(tmp_path):
+    wl = build_workload("tiny", WorkloadOptions(seed=5))
+    good = tmp_path / "good.pt"
+    torch.save(nn.Sequential(*wl.teacher).state_dict(), good)
+    loaded = build_workload("tiny", WorkloadOptions(seed=9, teacher_weights=str(good)))
+    assert torch.equal(loaded.teacher[0][0].weight, wl.teacher[0][0].weight)
+
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, wrong)
+    with pytest.raises(WorkloadError, match="do not fit tiny's teacher.*missing keys"):
+        build_workload("tiny", WorkloadOptions(teacher_weights=str(wrong)))
+    not_dict = tmp_path / "list.pt"
+    torch.save([torch.zeros(1)], not_dict)
+    with pytest.raises(WorkloadError, match="not a state dict"):
+        build_workload("tiny", WorkloadOptions(teacher_weights=str(not_dict)))
+    with pytest.raises(WorkloadError, match="does not exist"):
+        build_workload("tiny", WorkloadOptions(teacher_weights=str(tmp_path / "absent.pt")))
+
+
+def test_path_sampler_is_a_function_of_seed_block_step():
+    s = build_workload("nas-cifar10", probe=False).student[2]
+    p = sample_path(s, seed=1, block_index=2, step=5)
+    assert p == sample_path(s, seed=1, block_index=2, step=5)
+    assert len(p) == 4 and all(0 <= c < 6 for c in p)
+    across_steps = {sample_path(s, seed=1, block_index=2, step=k) for k in range(20)}
+    assert len(across_steps) > 10
+    assert sample_path(s, seed=2, block_index=2, step=5) != p or sample_path(s, seed=2, block_index=2, step=6) != \
+        sample_path(s, seed=1, block_index=2, step=6)
+    fixed = build_workload("tiny").student[0]
+    assert sample_path(fixed, seed=1, block_index=0, step=0) is None
+
+
+def test_data_order_is_a_function_of_seed():
+    cfg = DataConfig(resolution=8, size=64, seed=3)
+    a, b = DataSource(cfg, batch_size=8), DataSource(cfg, batch_size=8)
+    for step in (0, 3, 9):  # step 9 is in epoch 1
+        xa, ya = a.load(step)
+        xb, yb = b.load(step)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    # a shard is exactly the rows of the full batch
+    x, _ = a.load(3)
+    assert torch.equal(a.load(3, 2, 5)[0], x[2:5])
+    other = DataSource(DataConfig(resolution=8, size=64, seed=4), batch_size=8)
+    assert not torch.equal(other.indices(0), a.indices(0))
+    assert not torch.equal(a.indices(0), a.indices(8))  # a new epoch is reshuffled
+
+
+def test_augmentation_is_seeded_per_sample():
+    cfg = DataConfig(resolution=8, size=32, seed=3, augment=True)
+    x1, _ = DataSource(cfg, 8).load(1)
+    x2, _ = DataSource(cfg, 8).load(1)
+    plain, _ = DataSource(DataConfig(resolution=8, size=32, seed=3), 8).load(1)
+    assert torch.equal(x1, x2) and not torch.equal(x1, plain)
+
+
+def test_missing_data_root_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match=r"looked for .*cifar-10-batches-py.*--data synthetic"):
+        DataSource(DataConfig(source="cifar10", root=str(tmp_path)), 8)
+    with pytest.raises(ConfigError, match="imagenet not found"):
+        validate(RunConfig(data="imagenet", data_root=str(tmp_path)))
+    with pytest.raises(ConfigError, match="unknown data source 'mnist'"):
+        validate(RunConfig(data="mnist"))
+
+
+def _train_in_process(workload: str, steps: int, seed: int = 0, shards: int = 1):
+    wl = build_workload(workload, WorkloadOptions(seed=seed))
+    data = DataSource(DataConfig(resolution=wl.input_shape[-1], size=256, seed=seed), batch_size=16)
+    trainers = [BlockTrainer(i, s, i == wl.num_blocks - 1, steps, seed) for i, s in enumerate(wl.student)]
+    losses = [[] for _ in trainers]
+    for step in range(steps):
+        x, _ = data.load(step)
+        for i, t in enumerate(trainers):
+            y = teacher_forward([wl.teacher[i]], x)
+            loss = float(t.train_step(step, x, y, shards=shards))
+            if t.last:  # soft-label CE is bounded below by the teacher's entropy: track the KL part
+                p = torch.softmax(y, 1)
+                loss -= float(-(p * torch.log_softmax(y, 1)).sum(1).mean())
+            losses[i].append(loss)
+            x = y
+    return trainers, losses
+
+
+def test_every_block_loss_falls_on_tiny():
+    _, losses = _train_in_process("tiny", 30)
+    for i, curve in enumerate(losses):
+        first, last = sum(curve[:3]) / 3, sum(curve[-3:]) / 3
+        assert last < 0.9 * first, f"block {i}: loss {first:.4f} -> {last:.4f} did not fall"
+
+
+def test_same_seed_gives_bit_identical_weights():
+    a, _ = _train_in_process("tiny-nas", 4, seed=7)
+    b, _ = _train_in_process("tiny-nas", 4, seed=7)
+    c, _ = _train_in_process("tiny-nas", 4, seed=8)
+    for ta, tb in zip(a, b):
+        for pa, pb in zip(ta.block.parameters(), tb.block.parameters()):
+            assert torch.equal(pa, pb)
+    assert any(not torch.equal(pa, pc) for ta, tc in zip(a, c) for pa, pc in zip(ta.block.parameters(), tc.block.parameters()))
+    assert a[0].paths == b[0].paths != c[0].paths
+
+
+def test_ghost_shards_match_data_parallel_numerics():
+    """Two ghost shards give the same update as averaging two half-batch gradients by hand."""
+    torch.manual_seed(0)
+    blk = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4))
+    x, y = torch.randn(8, 3, 6, 6), torch.randn(8, 4, 6, 6)
+    import copy
+
+    a, b = copy.deepcopy(blk), copy.deepcopy(blk)
+    ta = BlockTrainer(0, a, False, 5, 0)
+    ta.train_step(0, x, y, shards=2)
+    tb = BlockTrainer(0, b, False, 5, 0)
+    tb.begin(0)
+    for lo, n in ((0, 4), (4, 4)):
+        tb.accumulate(x[lo:lo + n], y[lo:lo + n], weight=0.5)
+    tb.apply()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, rtol=0, atol=1e-7)
+    assert shard_sizes(10, 3) == [4, 3, 3]
+    with pytest.raises(ValueError):
+        shard_sizes(2, 3)
+
+
+def test_cli_runs_sequential_end_to_end(tmp_path):
+    out = tmp_path / "res"
+    proc = subprocess.run([sys.executable, "-m", "pipebd", "run", "--workload", "tiny", "--strategy", "sequential",
+                           "--batch-size", "8", "--steps", "3", "--warmup", "1", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "samples/s" in proc.stdout
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 1 and runs.status[0] == "ok" and runs.throughput_sps[0] > 0
+    assert runs.workload[0] == "tiny" and runs.steps_measured[0] == 3
+
+
+def test_cli_rejects_bad_input_before_spawning(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pipebd", "run", "--workload", "nope", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown workload 'nope'" in proc.stderr
+    assert not (tmp_path / "runs.csv").exists()
+
+
+def test_cli_help_and_zoo():
+    proc = subprocess.run([sys.executable, "-m", "pipebd", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "run" in proc.stdout and "zoo" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "pipebd", "zoo", "tiny", "nas-cifar10"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "nas-cifar10" in proc.stdout and "160x4x4 → 10" in proc.stdout
