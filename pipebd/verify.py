@@ -70,13 +70,14 @@ def verify_strategy(cfg: RunConfig, *, rtol: float = DEFAULT_RTOL, workdir: str 
     run_cfg = cfg.replace(save_weights=got_path, quiet=True, trace=False, out=os.path.join(workdir, "results"))
     validate(run_cfg)
     ref_cfg = cfg.replace(strategy="sequential", devices=1, block_shards=shards, stages=None, ls_map=None, plan=None,
-                          save_weights=os.path.join(workdir, f"ref-{abs(hash(shards))}.pt"), quiet=True, trace=False,
+                          save_weights=os.path.join(workdir, f"ref-{len(os.listdir(workdir))}.pt"), quiet=True, trace=False,
                           out=os.path.join(workdir, "results"))
     cache = reference_cache if reference_cache is not None else {}
-    if shards not in cache:
+    key = repr(ref_cfg.replace(save_weights=None))  # the whole reference configuration, not just its shards
+    if key not in cache:
         launch(ref_cfg)
-        cache[shards] = torch.load(ref_cfg.save_weights, weights_only=True)
-    ref = cache[shards]
+        cache[key] = torch.load(ref_cfg.save_weights, weights_only=True)
+    ref = cache[key]
     launch(run_cfg)
     got = torch.load(got_path, weights_only=True)
     worst, bad = compare_weights(got, ref, rtol=rtol, shards=shards)
