@@ -1,0 +1,290 @@
+"""Automatic hybrid distribution (Pipe-BD §III-C): choose stages × replicas from a cost table.
+
+A layout (a :class:`~pipebd.plan.Plan`) partitions the ``n`` blocks into contiguous stages and
+gives stage ``s`` ``r_s`` data-parallel replicas, ``Σ r_s = N``. In the pipelined steady state
+(tr-dpu without a barrier) the throughput is set by the slowest stage, so the planner minimises
+the *bottleneck*
+
+    max over stages s of  cost(s) = input(b) + Σ teacher_i(b) + Σ student_i(b) + Σ allreduce_i(r_s)
+
+where ``b = ceil(B / r_s)`` is the largest replica's share of the batch (see
+:func:`pipebd.simulate.stage_cost`; ``input`` is data loading for the first stage and the relay
+receive otherwise), subject to every replica's peak memory fitting ``memory_limit_bytes``.
+
+The paper enumerates 56 hand-listed layouts for 4 devices and 6 blocks. Here the search is
+exact and general, by dynamic programming over block prefixes × devices used:
+
+    best[i][d] = min over the last stage (blocks j..i-1, r replicas) of max(best[j][d-r], cost(j, i-1, r))
+
+in ``O(n² N²)`` time (16 blocks × 64 devices: well under a second). Ties are broken
+deterministically by a second DP that, among layouts whose every stage costs at most the
+optimal bottleneck, minimises (number of stages, total device-seconds per batch); both
+criteria add over stages, so the lexicographic optimum is exact too.
+
+Replicas split the batch evenly; an indivisible batch is split by largest remainder
+(:func:`pipebd.plan.split_rows`, the plan's default when it names no weights). On homogeneous
+devices this is optimal — per-replica time grows with rows, so any uneven split only makes
+the slowest replica slower. Uneven ``@w1:w2`` weights remain available to hand-written plans
+(e.g. for mixed devices); the cost model evaluates them (:func:`~pipebd.simulate.stage_cost`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from .config import ConfigError, RunConfig
+from .plan import Plan, Stage, split_rows
+from .simulate import (CostTable, StageCost, epoch_steps, estimate_cost_table, predict_ahd, random_cost_table,
+                       stage_cost, stage_memory)
+
+__all__ = ["PlanError", "PlanResult", "search", "plan", "plan_for", "cost_table_for", "add_cli"]
+
+log = logging.getLogger("pipebd.planner")
+
+
+class PlanError(ConfigError):
+    """No layout satisfies the request (devices, batch size, memory); the message says what to change."""
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """A plan and what the cost model says about it."""
+
+    plan: Plan
+    bottleneck_s: float  # max over stages of the per-batch stage time
+    stages: tuple[StageCost, ...]
+    total_work_s: float  # Σ replicas × stage time (device-seconds per batch)
+    seconds: float  # wall time the search took
+    evaluated: int  # (first, last, replicas) stage configurations costed
+
+
+def _row_counts(batch_size: int, r: int) -> tuple[int, ...]:
+    return tuple(sorted(set(split_rows(batch_size, (1,) * r)), reverse=True))
+
+
+def search(costs: CostTable, devices: int, batch_size: int, *, memory_limit_bytes: float | None = None,
+           inflight: int = 2, max_replicas: int | None = None) -> PlanResult:
+    """The exact bottleneck-optimal plan on exactly ``devices`` devices (see the module docstring).
+
+    ``max_replicas=1`` restricts the search to one replica per stage (tr / tr-dpu layouts).
+    """
+    t0 = time.perf_counter()
+    n = costs.num_blocks
+    if devices < 1:
+        raise PlanError(f"devices must be >= 1, got {devices}")
+    if batch_size < 1:
+        raise PlanError(f"batch size must be >= 1, got {batch_size}")
+    R = min(devices, batch_size, max_replicas or devices)
+    if devices > n * R:
+        why = "one replica per stage" if max_replicas == 1 else f"at most {R} replicas per stage (one row each)"
+        raise PlanError(f"{devices} devices cannot all be used by {n} blocks with {why}; use at most {n * R} "
+                        "devices" + ("" if max_replicas == 1 else " or a larger batch"))
+    if memory_limit_bytes is not None and memory_limit_bytes <= 0:
+        raise PlanError(f"memory limit must be > 0 bytes, got {memory_limit_bytes}")
+
+    # Per-row-count prefix sums over blocks of input + teacher + student time; OOM blocks counted apart.
+    row_sets = {r: _row_counts(batch_size, r) for r in range(1, R + 1)}
+    prefix: dict[int, tuple[list[float], list[int]]] = {}
+    for rows in row_sets.values():
+        for b in rows:
+            if b in prefix:
+                continue
+            acc, bad = [0.0], [0]
+            for i in range(n):
+                t = costs.teacher_time(i, b) + costs.student_time(i, b)
+                ok = costs.feasible(i, b) and math.isfinite(t)
+                acc.append(acc[-1] + (t if ok else 0.0))
+                bad.append(bad[-1] + (0 if ok else 1))
+            prefix[b] = (acc, bad)
+    ar_prefix = {}
+    for r in range(1, R + 1):
+        acc = [0.0]
+        for i in range(n):
+            acc.append(acc[-1] + costs.allreduce_time(i, r))
+        ar_prefix[r] = acc
+
+    unknown_memory = False
+    smallest_memory = math.inf
+    inf = math.inf
+    # cost[j][i][r]: blocks j..i on r replicas (index r; r=0 unused)
+    cost: list[list[list[float]]] = [[[] for _ in range(n)] for _ in range(n)]
+    evaluated = 0
+    for j in range(n):
+        for i in range(j, n):
+            row = [inf] * (R + 1)
+            for r in range(1, R + 1):
+                evaluated += 1
+                worst = -1.0
+                for b in row_sets[r]:
+                    acc, bad = prefix[b]
+                    if bad[i + 1] - bad[j]:
+                        worst = inf
+                        break
+                    inp = costs.data_time(b) if j == 0 else costs.relay_time(j, b)
+                    worst = max(worst, inp + acc[i + 1] - acc[j])
+                if worst == inf:
+                    continue
+                if memory_limit_bytes is not None:
+                    mem = stage_memory(costs, j, i, row_sets[r][0], inflight=inflight)
+                    if mem is None:
+                        unknown_memory = True
+                    elif mem > memory_limit_bytes:
+                        smallest_memory = min(smallest_memory, mem)
+                        continue
+                row[r] = worst + ar_prefix[r][i + 1] - ar_prefix[r][j]
+            cost[j][i] = row
+    if unknown_memory:
+        log.warning("the cost table has no memory data for some blocks; the memory limit is not enforced for them "
+                    "(profile with `python -m pipebd profile` to measure memory)")
+
+    # DP 1: the optimal bottleneck.
+    best = [[inf] * (devices + 1) for _ in range(n + 1)]
+    best[0][0] = 0.0
+    for i in range(1, n + 1):
+        bi = best[i]
+        for d in range(1, devices + 1):
+            v = inf
+            for j in range(i):
+                bj = best[j]
+                cj = cost[j][i - 1]
+                for r in range(1, min(d, R) + 1):
+                    prev = bj[d - r]
+                    if prev == inf:
+                        continue
+                    c = cj[r]
+                    m = prev if prev > c else c
+                    if m < v:
+                        v = m
+            bi[d] = v
+    bottleneck = best[n][devices]
+    if bottleneck == inf:
+        if memory_limit_bytes is not None and smallest_memory < inf:
+            raise PlanError(f"no layout of {n} blocks on {devices} devices fits the memory limit of "
+                            f"{memory_limit_bytes / 2**30:.2f} GiB (the stages tried need at least "
+                            f"{smallest_memory / 2**30:.2f} GiB); raise --memory-limit, add devices or lower "
+                            "--batch-size")
+        raise PlanError(f"no feasible layout of {n} blocks on {devices} devices at batch {batch_size}: the profile "
+                        "marks the needed configurations out of memory; add devices or lower --batch-size")
+
+    # DP 2: among layouts with every stage <= the bottleneck, fewest stages, then least total work.
+    thr = bottleneck * (1 + 1e-12) + 1e-15
+    key: list[list[tuple[int, float] | None]] = [[None] * (devices + 1) for _ in range(n + 1)]
+    parent: list[list[tuple[int, int] | None]] = [[None] * (devices + 1) for _ in range(n + 1)]
+    key[0][0] = (0, 0.0)
+    for i in range(1, n + 1):
+        for d in range(1, devices + 1):
+            bk, bp = None, None
+            for j in range(i):
+                kj = key[j]
+                cj = cost[j][i - 1]
+                for r in range(1, min(d, R) + 1):
+                    prev = kj[d - r]
+                    c = cj[r]
+                    if prev is None or c > thr:
+                        continue
+                    cand = (prev[0] + 1, prev[1] + r * c)
+                    if bk is None or cand < bk:
+                        bk, bp = cand, (j, r)
+            key[i][d], parent[i][d] = bk, bp
+    stages: list[Stage] = []
+    i, d = n, devices
+    while i > 0:
+        j, r = parent[i][d]
+        stages.append(Stage(j, i - 1, r))
+        i, d = j, d - r
+    result_plan = Plan(tuple(reversed(stages)))
+    result_plan.validate(num_blocks=n, devices=devices, batch_size=batch_size)
+    sc = tuple(stage_cost(costs, s, batch_size, inflight=inflight) for s in result_plan.stages)
+    return PlanResult(plan=result_plan, bottleneck_s=max(c.total_s for c in sc), stages=sc,
+                      total_work_s=sum(c.work_s for c in sc), seconds=time.perf_counter() - t0, evaluated=evaluated)
+
+
+def plan(costs: CostTable, devices: int, batch_size: int, memory_limit_bytes: float | None = None,
+         inflight: int = 2) -> Plan:
+    """The ahd plan: stages × replicas on ``devices`` devices minimising the steady-state bottleneck."""
+    return search(costs, devices, batch_size, memory_limit_bytes=memory_limit_bytes, inflight=inflight).plan
+
+
+def cost_table_for(cfg: RunConfig) -> CostTable:
+    """``cfg.profile``'s table (checked against the workload), else a FLOP-based estimate."""
+    from .config import workload_num_blocks
+    from .zoo import canonical_name
+
+    if not cfg.profile:
+        return estimate_cost_table(cfg)
+    costs = CostTable.from_csv(cfg.profile)
+    want = workload_num_blocks(cfg)
+    if costs.workload:
+        try:
+            same = canonical_name(costs.workload) == canonical_name(cfg.workload)
+        except ValueError:
+            same = costs.workload == cfg.workload
+        if not same:
+            raise ConfigError(f"profile {cfg.profile!r} was measured for workload {costs.workload!r}, not "
+                              f"{cfg.workload!r}; profile this workload with `python -m pipebd profile --workload "
+                              f"{cfg.workload}`")
+    if costs.num_blocks != want:
+        raise ConfigError(f"profile {cfg.profile!r} has {costs.num_blocks} blocks but {cfg.workload} has {want} "
+                          "(different options?); re-profile with the same --resolution/--width-mult")
+    if costs.batch_size and costs.batch_size != cfg.batch_size:
+        log.info("profile measured at global batch %d, planning for %d: times are interpolated",
+                 costs.batch_size, cfg.batch_size)
+    return costs
+
+
+def plan_for(cfg: RunConfig, *, memory_limit_bytes: float | None = None) -> Plan:
+    """The ahd plan of a run: from ``cfg.profile`` if given, else estimated costs.
+
+    ``memory_limit_bytes`` defaults to ``cfg.extra["memory_limit_bytes"]`` (none if absent).
+    """
+    limit = memory_limit_bytes if memory_limit_bytes is not None else cfg.extra.get("memory_limit_bytes")
+    return plan(cost_table_for(cfg), cfg.devices, cfg.batch_size, memory_limit_bytes=limit, inflight=cfg.inflight)
+
+
+# ---- CLI --------------------------------------------------------------------------------
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .cli import config_from_args
+
+    cfg = config_from_args(args)
+    limit = args.memory_limit * 2**30 if args.memory_limit else None
+    if args.synthetic:
+        costs = random_cost_table(cfg.seed, args.synthetic, cfg.devices, cfg.batch_size, with_memory=True)
+        what = f"random table ({args.synthetic} blocks, seed {cfg.seed})"
+    else:
+        costs = cost_table_for(cfg)
+        what = f"profile {cfg.profile}" if cfg.profile else f"FLOP estimate ({cfg.device_type})"
+    res = search(costs, cfg.devices, cfg.batch_size, memory_limit_bytes=limit, inflight=cfg.inflight)
+    steps = args.steps_per_epoch or epoch_steps(costs.workload or cfg.workload, cfg.batch_size)
+    pred = predict_ahd(costs, res.plan, cfg.batch_size, steps, inflight=cfg.inflight)
+    name = costs.workload or cfg.workload
+    print(f"ahd plan: {name} on {cfg.devices} device(s), batch {cfg.batch_size}, costs from {what}")
+    has_mem = any(c.memory_bytes is not None for c in res.stages)
+    print(f"{'stage':>5}  {'blocks':<8}{'replicas':>8}  {'rows/replica':<14}{'stage ms':>10}"
+          + (f"{'mem MiB':>10}" if has_mem else ""))
+    for k, c in enumerate(res.stages):
+        s = c.stage
+        blocks = f"{s.first}" if s.first == s.last else f"{s.first}-{s.last}"
+        rows = "/".join(map(str, sorted(set(c.rows), reverse=True)))
+        mem = f"{c.memory_bytes / 2**20:10.1f}" if has_mem and c.memory_bytes is not None else ""
+        print(f"{k:>5}  {blocks:<8}{s.replicas:>8}  {rows:<14}{c.total_s * 1e3:>10.2f}{mem}")
+    print(f"bottleneck {res.bottleneck_s * 1e3:.2f} ms/step; predicted epoch ({steps} steps) {pred.epoch_s:.2f} s "
+          f"(fill {pred.fill_s:.2f} s); searched {res.evaluated} stage configurations in {res.seconds:.3f} s")
+    print(res.plan)
+    return 0
+
+
+def add_cli(sub) -> None:
+    from .cli import add_run_options
+
+    p = sub.add_parser("plan", help="choose the ahd layout (stages x replicas) for a workload on N devices")
+    add_run_options(p, strategy=False)
+    p.add_argument("--memory-limit", type=float, default=None, metavar="GB", help="per-device memory limit")
+    p.add_argument("--steps-per-epoch", type=int, default=None, help="steps of one epoch for the predicted time")
+    p.add_argument("--synthetic", type=int, default=None, metavar="BLOCKS",
+                   help="plan a random cost table of BLOCKS blocks instead (planner scaling check)")
+    p.set_defaults(func=_cmd_plan)

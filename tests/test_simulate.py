@@ -1,0 +1,191 @@
+"""The cost model: orderings every layout must respect, exact closed forms, the CSV format, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+
+from pipebd.cli import main
+from pipebd.config import ConfigError, RunConfig
+from pipebd.plan import Stage, parse_plan
+from pipebd.planner import search
+from pipebd.simulate import (CostTable, estimate_cost_table, ls_assignment, predict_ahd, predict_all, predict_dp,
+                             predict_ideal, predict_ls, predict_sequential, predict_tr, predict_tr_dpu,
+                             random_cost_table, simulate_pipeline, stage_cost)
+
+STEPS = 500
+
+
+def _flat(n: int, teacher: float, student: float, *, batch: int = 8, relay: float = 0.0) -> CostTable:
+    """Every block costs the same; times proportional to rows (no fixed overhead)."""
+    return CostTable(num_blocks=n, teacher=[{batch: teacher}] * n, student=[{batch: student}] * n,
+                     relay=[{}] + [{batch: relay}] * (n - 1), batch_size=batch)
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("devices", [2, 4])
+def test_strategy_orderings_on_synthetic_tables(seed, devices):
+    costs = random_cost_table(seed, 6, devices, 64)
+    p = {x.strategy: x.epoch_s for x in predict_all(costs, devices, 64, STEPS)}
+    assert p["tr-dpu"] <= p["tr"] * (1 + 1e-12)
+    assert p["ahd"] <= p["tr-dpu"] * (1 + 1e-12)
+    for name, t in p.items():
+        assert p["ideal"] <= t * (1 + 1e-12), name
+        assert t > 0
+
+
+def test_one_device_dp_is_sequential_plus_its_redundant_teacher_and_data():
+    """dp on one device trains block after block, re-running data + teacher 0..i-1 for each block i;
+    without that redundancy it is exactly the sequential reference."""
+    costs = random_cost_table(4, 5, 1, 32)
+    B, n = 32, 5
+    seq = predict_sequential(costs, B, STEPS).epoch_s
+    dp = predict_dp(costs, 1, B, STEPS).epoch_s
+    redundant = sum(costs.teacher_time(k, B) for i in range(n) for k in range(i)) + (n - 1) * costs.data_time(B)
+    assert dp == pytest.approx(seq + STEPS * redundant, rel=1e-12)
+    one_block = costs.restricted([2])
+    assert predict_dp(one_block, 1, B, STEPS).epoch_s == pytest.approx(predict_sequential(one_block, B, STEPS).epoch_s)
+    # on one device the pipelined strategies are the sequential reference; ls, like dp, trains
+    # block after block with its own data and teacher prefix
+    one = {x.strategy: x.epoch_s for x in predict_all(costs, 1, B, STEPS)}
+    for name in ("tr", "tr-dpu", "ahd"):
+        assert one[name] == pytest.approx(seq, rel=1e-9), name
+    assert one["ls"] == pytest.approx(dp, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["sequential", "dp", "ls", "tr", "tr-dpu", "ahd", "ideal"])
+def test_epoch_time_scales_with_steps(name):
+    costs = random_cost_table(11, 6, 4, 64)
+    a, b, c = (next(x for x in predict_all(costs, 4, 64, s) if x.strategy == name) for s in (1000, 2000, 4000))
+    assert b.epoch_s > a.epoch_s
+    assert b.epoch_s - a.epoch_s == pytest.approx(1000 * a.step_s, rel=1e-6)
+    assert c.epoch_s - b.epoch_s == pytest.approx(2000 * a.step_s, rel=1e-6)
+
+
+def test_pipeline_simulation_against_hand_computed_schedules():
+    # two stages: (teacher 1 + student 1) and (teacher 1 + student 3) per batch, free relays
+    costs = CostTable(num_blocks=2, teacher=[{1: 1.0}, {1: 1.0}], student=[{1: 1.0}, {1: 3.0}])
+    plan = parse_plan("0x1,1x1")
+    sc = [stage_cost(costs, s, 1) for s in plan.stages]
+    assert [c.total_s for c in sc] == [2.0, 4.0] and [c.teacher_done_s for c in sc] == [1.0, 1.0]
+    res = simulate_pipeline(sc, 10, inflight=2)
+    # stage 1 starts once stage 0 sent batch 0 (t=1) and then runs back to back: 1 + 10 * 4
+    assert res.epoch_s == pytest.approx(41.0) and res.period_s == pytest.approx(4.0)
+    assert res.fill_s == pytest.approx(1.0)
+    # with a barrier every step (tr): step = relay latency 1 + stage 1's 4
+    assert predict_tr(costs, 2, 1, 10, stages="0,1").epoch_s == pytest.approx(50.0)
+    assert predict_tr_dpu(costs, 2, 1, 10, stages="0,1").epoch_s == pytest.approx(41.0)
+    # inflight=1 couples the stages: stage 0 may send batch t only after stage 1 received t-1
+    assert simulate_pipeline(sc, 10, inflight=1).period_s >= 4.0
+
+
+def test_ahd_period_is_the_planners_bottleneck():
+    costs = random_cost_table(8, 7, 6, 96)
+    res = search(costs, 6, 96, inflight=16)
+    pred = predict_ahd(costs, res.plan, 96, 3000, inflight=16)
+    assert pred.step_s == pytest.approx(res.bottleneck_s, rel=1e-6)
+
+
+def test_ideal_uses_the_per_sample_fastest_batch():
+    costs = CostTable(num_blocks=1, teacher=[{4: 4.0, 8: 4.0}], student=[{4: 8.0, 8: 12.0}])
+    # teacher 0.5 s/sample at 8, student 1.5 s/sample at 8 vs 2 at 4
+    assert predict_ideal(costs, 2, 8, 10).epoch_s == pytest.approx(10 * 8 * (0.5 + 1.5) / 2)
+
+
+def test_interpolation_and_extrapolation():
+    costs = CostTable(num_blocks=1, teacher=[{4: 1.0, 8: 3.0}], student=[{4: 2.0}],
+                      allreduce=[{2: 1.0, 4: 2.0}], barrier={2: 0.5})
+    assert costs.teacher_time(0, 8) == 3.0
+    assert costs.teacher_time(0, 6) == pytest.approx(2.0)  # linear between points
+    assert costs.teacher_time(0, 16) == pytest.approx(6.0)  # proportional above
+    assert costs.teacher_time(0, 2) == pytest.approx(0.5)  # proportional below
+    assert costs.student_time(0, 1) == pytest.approx(0.5)
+    assert costs.allreduce_time(0, 1) == 0.0
+    assert costs.allreduce_time(0, 3) == pytest.approx(1.5)
+    assert costs.allreduce_time(0, 8) == pytest.approx(2.0 * (14 / 8) / (6 / 4))  # ring factor
+    assert costs.relay_time(0, 8) == 0.0
+
+
+def test_uneven_weights_are_costed_by_their_slowest_replica():
+    costs = _flat(2, 0.1, 0.3)
+    even = stage_cost(costs, Stage(0, 1, 2), 8)
+    skew = stage_cost(costs, Stage(0, 1, 2, (3, 1)), 8)
+    assert skew.rows == (6, 2) and skew.total_s == pytest.approx(even.total_s * 6 / 4)
+
+
+def test_ls_assignment_is_lpt():
+    costs = random_cost_table(2, 7, 3, 32)
+    a = ls_assignment(costs, 3, 32)
+    assert sorted(b for d in a for b in d) == list(range(7)) and len(a) == 3
+    assert [len(d) for d in ls_assignment(costs, 9, 32)] == [1] * 7
+    # blocks of cost 5, 4, 3, 3, 3 (flat per-block cost, no teacher/data) on 2 devices: LPT gives 8 / 10
+    flat = CostTable(num_blocks=5, teacher=[{1: 1e-12}] * 5, student=[{1: c} for c in (3, 5, 3, 4, 3)])
+    assert ls_assignment(flat, 2, 1) == [[1, 2], [0, 3, 4]]
+    assert predict_ls(flat, 2, 1, 10).epoch_s == pytest.approx(10 * 10, rel=1e-9)
+
+
+def test_more_devices_than_blocks():
+    costs = random_cost_table(6, 3, 8, 64)
+    p = {x.strategy: x for x in predict_all(costs, 8, 64, STEPS)}
+    assert "3 of 8" in p["tr"].note and "3 of 8" in p["tr-dpu"].note
+    assert parse_plan(p["ahd"].layout).devices == 8
+    assert p["ahd"].epoch_s < p["tr-dpu"].epoch_s
+
+
+def test_csv_and_json_round_trip(tmp_path):
+    costs = random_cost_table(3, 5, 4, 64, with_memory=True)
+    costs.student[2][64] = math.inf  # an out-of-memory configuration
+    path = str(tmp_path / "p.csv")
+    costs.to_csv(path)
+    back = CostTable.from_csv(path)
+    for t in (back, CostTable.from_json(costs.to_json())):
+        assert t.num_blocks == 5 and t.batch_size == 64
+        assert t.student == costs.student and t.teacher == costs.teacher
+        assert not t.feasible(2, 64) and t.feasible(2, 32)
+        for i in range(5):
+            for b in (1, 16, 20, 64, 100):
+                assert t.relay_time(i, b) == pytest.approx(costs.relay_time(i, b))
+                assert t.memory_bytes(i, b) == pytest.approx(costs.memory_bytes(i, b))
+            assert t.allreduce_time(i, 3) == pytest.approx(costs.allreduce_time(i, 3))
+        assert t.data_per_sample == pytest.approx(costs.data_per_sample)
+    with open(path) as f:
+        assert {r["kind"] for r in csv.DictReader(f)} >= {"teacher", "student", "relay", "allreduce", "memory"}
+
+
+def test_bad_tables_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="no student time for block 1"):
+        CostTable(num_blocks=2, teacher=[{1: 1.0}, {1: 1.0}], student=[{1: 1.0}, {}])
+    with pytest.raises(ConfigError, match="does not exist"):
+        CostTable.from_csv(str(tmp_path / "nope.csv"))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(ConfigError, match="not a pipebd profile"):
+        CostTable.from_csv(str(bad))
+
+
+def test_estimate_without_a_profile():
+    costs = estimate_cost_table(RunConfig(workload="tiny", devices=2, batch_size=16))
+    assert costs.num_blocks == 4 and costs.source == "estimate"
+    assert all(costs.student_time(i, 16) > 0 and costs.teacher_time(i, 16) > 0 for i in range(4))
+    assert costs.relay_time(1, 8) > 0 and costs.allreduce_time(1, 2) > 0
+
+
+def test_simulate_cli_writes_a_csv(tmp_path, capsys):
+    costs = random_cost_table(1, 6, 4, 64)
+    costs.workload = "nas-cifar10"
+    prof, out = str(tmp_path / "p.csv"), str(tmp_path / "pred.csv")
+    costs.to_csv(prof)
+    assert main(["simulate", "--profile", prof, "--devices", "1", "2", "4", "--out", out]) == 0
+    text = capsys.readouterr().out
+    assert "tr-dpu" in text and "ideal" in text and "N=4" in text
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 7 * 3
+    assert {r["steps"] for r in rows} == {str(50_000 // 64)}
+    for r in rows:
+        if r["strategy"] == "dp":
+            assert float(r["speedup_vs_dp"]) == pytest.approx(1.0)
+    ahd4 = next(r for r in rows if r["strategy"] == "ahd" and r["devices"] == "4")
+    assert parse_plan(ahd4["layout"]).devices == 4
