@@ -1,0 +1,310 @@
+"""Measurements: the CSVs a real run writes carry exactly the columns results/README.md
+documents, with sane values; the NVML sampler, the ideal/efficiency helper, the shared
+event clock and reading results back behave as documented.
+
+The column lists are parsed from the README's tables, so the docs and the schema in
+``pipebd/metrics.py`` cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+
+import pandas as pd
+import pytest
+
+from pipebd import metrics
+from pipebd.metrics import NvmlSampler, RankReport, Recorder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(ROOT, "results", "README.md")
+
+
+def documented(section: str) -> list[str]:
+    """First-column names of the table under the README heading that mentions ``section``."""
+    lines = open(README, encoding="utf-8").read().splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("## ") and f"`{section}`" in ln)
+    names = []
+    for ln in lines[start + 1:]:
+        if ln.startswith("## "):
+            break
+        m = re.match(r"^\|\s*`([^`]+)`\s*\|", ln)
+        if m:
+            names.append(m.group(1))
+    assert names, f"no table under the {section} heading of results/README.md"
+    return names
+
+
+def test_readme_documents_exactly_the_schema():
+    assert documented("runs.csv") == metrics.RUN_COLUMNS
+    assert documented("ranks.csv") == metrics.RANK_COLUMNS
+    assert documented("events.csv") == metrics.EVENT_COLUMNS
+    text = open(README, encoding="utf-8").read()
+    for phase in metrics.PHASES:
+        assert f"`{phase}`" in text
+
+
+def _run(out: str, strategy: str, devices: int):
+    from pipebd.config import RunConfig
+    from pipebd.runner import launch
+
+    return launch(RunConfig(workload="tiny", strategy=strategy, devices=devices, batch_size=8, steps=3, warmup=1,
+                            out=out, quiet=True))
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> str:
+    """One directory holding a sequential run and, where the strategy exists, a 2-rank tr-dpu run."""
+    from pipebd.executors import strategy_names
+
+    out = str(tmp_path_factory.mktemp("metrics"))
+    _run(out, "sequential", 1)
+    if "tr-dpu" in strategy_names():
+        _run(out, "tr-dpu", 2)
+    return out
+
+
+def test_csv_headers_are_the_documented_columns(results):
+    for name, section in (("runs.csv", "runs.csv"), ("ranks.csv", "ranks.csv"), ("events.csv", "events.csv")):
+        header = list(pd.read_csv(os.path.join(results, name), nrows=0).columns)
+        assert header == documented(section), name
+
+
+def test_values_are_sane(results):
+    runs, ranks, events = metrics.load_results(results)
+    assert len(runs) >= 1 and (runs["status"] == "ok").all()
+    for _, run in runs.iterrows():
+        r = ranks[ranks.run_id == run.run_id]
+        assert sorted(r["rank"].unique()) == list(range(run.devices))
+        for rank, g in r.groupby("rank"):
+            sec = dict(zip(g.phase, g.seconds))
+            wall = g.wall_s.iloc[0]
+            assert list(g.phase) == list(metrics.PHASES)
+            assert wall > 0 and all(v >= 0 for v in sec.values())
+            busy = sum(sec[p] for p in metrics.BUSY_PHASES)
+            assert busy <= wall * 1.0001, (run.strategy, rank)
+            assert sum(sec.values()) == pytest.approx(wall, rel=0.05), (run.strategy, rank, sec, wall)
+            assert g.utilisation.iloc[0] == pytest.approx(min(1.0, busy / wall))
+            assert g.peak_memory_mb.iloc[0] > 0
+            assert g.nvml_utilisation.isna().all()  # CPU: never sampled
+        assert run.measured_time_s == pytest.approx(r.wall_s.max())
+        assert run.throughput_sps > 0
+        assert run.throughput_sps == pytest.approx(run.steps_measured * run.batch_size / run.measured_time_s)
+        assert run.epoch_time_s == pytest.approx(run.epoch_samples / run.throughput_sps)
+        assert 0 < run.mean_utilisation <= 1 and run.max_peak_memory_mb == pytest.approx(r.peak_memory_mb.max())
+        assert pd.isna(run.ideal_epoch_time_s) and pd.isna(run.efficiency) and pd.isna(run.mean_nvml_utilisation)
+        e = events[events.run_id == run.run_id]
+        assert sorted(e["rank"].unique()) == list(range(run.devices))
+        assert (e.end_s >= e.start_s).all() and set(e.phase) <= set(metrics.PHASES) - {"idle"}
+        measured = range(run.warmup_steps, run.warmup_steps + run.steps_measured)
+        assert set(e.step[e.step >= 0]) <= set(measured)  # warm-up steps are not recorded
+
+
+def test_trace_json_has_every_rank(results):
+    runs = pd.read_csv(os.path.join(results, "runs.csv"))
+    documented_fields = set(documented("traces/<run_id>.json"))
+    for _, run in runs.iterrows():
+        with open(os.path.join(results, "traces", f"{run.run_id}.json")) as f:
+            trace = json.load(f)
+        assert trace["otherData"]["run_id"] == run.run_id and trace["displayTimeUnit"] == "ms"
+        assert {k for k in trace if k != "otherData"} | {"otherData.run_id"} <= documented_fields
+        spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+        names = [e for e in trace["traceEvents"] if e["ph"] == "M"]
+        assert {e["tid"] for e in spans} == set(range(run.devices)) == {e["tid"] for e in names}
+        for e in trace["traceEvents"]:
+            assert {f"traceEvents[].{k}" for k in e} <= documented_fields
+        events = pd.read_csv(os.path.join(results, "events.csv"))
+        assert len(spans) == (events.run_id == run.run_id).sum()
+
+
+def test_two_rank_run_shares_one_clock(results):
+    runs, _ranks, events = metrics.load_results(results)
+    multi = runs[runs.devices > 1]
+    if multi.empty:
+        pytest.skip("no multi-rank strategy (tr-dpu) registered yet")
+    for _, run in multi.iterrows():
+        e = events[events.run_id == run.run_id]
+        starts = e.groupby("rank").start_s.min()
+        ends = e.groupby("rank").end_s.max()
+        # the ranks' measured steps overlap in time on the shared clock (they run concurrently)
+        assert starts.max() < ends.min(), (starts.to_dict(), ends.to_dict())
+
+
+# --- units ---------------------------------------------------------------------------------
+
+def test_importing_metrics_does_not_import_torch():
+    code = "import sys, pipebd.metrics; assert 'torch' not in sys.modules"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_cpu_recorder_samples_nothing_and_stamps_its_clock():
+    import torch
+
+    rec = Recorder(0, torch.device("cpu"))
+    assert rec._sampler is None
+    assert metrics.nvml_reader(torch.device("cpu")) is None
+    with rec.measure():
+        with rec.span("teacher", 0, 0):
+            pass
+    rep = rec.report()
+    assert rep.nvml_utilisation is None and rep.t0_unix is not None and rep.peak_memory_mb > 0
+    assert len(rep.events) == 1 and rep.wall_s >= rep.events[0][4] - rep.events[0][3]
+
+
+def test_nvml_sampler_counts_only_open_windows():
+    active = threading.Event()
+    calls = []
+
+    def read() -> float:
+        calls.append(active.is_set())
+        return 0.5
+
+    s = NvmlSampler(read, active.is_set, interval_s=0.005)
+    s.start()
+    threading.Event().wait(0.05)
+    assert not calls  # no window open: the thread never reads
+    active.set()
+    s.window_opened()
+    threading.Event().wait(0.05)
+    active.clear()
+    s.window_closed()  # takes one reading if the thread took none in this window
+    s.stop()
+    assert len(s.samples) >= 1 and s.mean() == pytest.approx(0.5)
+    assert s._thread is None
+
+
+def test_nvml_sampler_stops_on_a_failing_read(capsys):
+    def read() -> float:
+        raise RuntimeError("no NVML here")
+
+    s = NvmlSampler(read, lambda: True, interval_s=0.005, rank=0)
+    s.window_closed()
+    assert s.failed and s.mean() is None
+    s.start()  # a failed sampler never starts a thread
+    assert s._thread is None
+    with pytest.raises(ValueError):
+        NvmlSampler(read, lambda: True, interval_s=0)
+
+
+def test_with_ideal():
+    row = {"epoch_time_s": 20.0, "strategy": "tr"}
+    assert metrics.with_ideal(row, 5.0) == {"epoch_time_s": 20.0, "strategy": "tr", "ideal_epoch_time_s": 5.0,
+                                            "efficiency": 0.25}
+    assert "ideal_epoch_time_s" not in row  # a copy
+    for unknown in (None, float("nan"), 0.0, -1.0):
+        out = metrics.with_ideal(row, unknown)
+        assert out["ideal_epoch_time_s"] is None and out["efficiency"] is None
+    assert metrics.with_ideal({"epoch_time_s": float("nan")}, 3.0)["efficiency"] is None
+
+
+def test_event_rows_put_ranks_on_one_clock(tmp_path):
+    a = RankReport(rank=0, wall_s=1.0, events=[("data", -1, 1, 1.0, 1.5)], peak_memory_mb=1.0, t0_unix=100.0)
+    b = RankReport(rank=1, wall_s=1.0, events=[("teacher", 2, 1, 1.0, 1.5)], peak_memory_mb=1.0, t0_unix=100.25)
+    rows = metrics.event_rows("r", [a, b])
+    assert [(r["start_s"], r["end_s"]) for r in rows] == [(1.0, 1.5), (1.25, 1.75)]
+    metrics.write_trace(str(tmp_path / "t.json"), "r", [a, b])
+    spans = [e for e in json.load(open(tmp_path / "t.json"))["traceEvents"] if e["ph"] == "X"]
+    assert [e["ts"] for e in spans] == [1.0e6, 1.25e6]
+    # reports without a clock stamp (older pickles) are left as they are
+    c = RankReport(rank=1, wall_s=1.0, events=[("teacher", 2, 1, 1.0, 1.5)], peak_memory_mb=1.0)
+    assert [r["start_s"] for r in metrics.event_rows("r", [a, c])] == [1.0, 1.0]
+
+
+def test_summarise_and_rank_rows():
+    reps = [RankReport(rank=0, wall_s=2.0, events=[("teacher", 0, 1, 0.0, 1.0), ("comm", 0, 1, 1.0, 1.5)],
+                       peak_memory_mb=10.0, nvml_utilisation=0.6),
+            RankReport(rank=1, wall_s=4.0, events=[("student", 1, 1, 0.0, 2.0)], peak_memory_mb=30.0)]
+    s = metrics.summarise(reps, batch_size=8, steps=2, epoch_samples=80)
+    assert s["measured_time_s"] == 4.0 and s["throughput_sps"] == 4.0 and s["epoch_time_s"] == 20.0
+    assert s["mean_utilisation"] == pytest.approx(0.5) and s["max_peak_memory_mb"] == 30.0
+    assert s["mean_nvml_utilisation"] == pytest.approx(0.6)
+    rows = metrics.rank_rows("r", {"workload": "w", "strategy": "s", "devices": 2}, reps)
+    r0 = {r["phase"]: r for r in rows if r["rank"] == 0}
+    assert r0["idle"]["seconds"] == pytest.approx(0.5) and r0["comm"]["fraction"] == pytest.approx(0.25)
+    assert r0["teacher"]["utilisation"] == pytest.approx(0.5)
+    assert set(RankReport.__dataclass_fields__) >= {"t0_unix", "nvml_utilisation"}
+
+
+def test_load_results_skips_failed_and_orphan_rows(tmp_path, capsys):
+    base = {c: None for c in metrics.RUN_COLUMNS}
+    ok = {**base, "run_id": "a", "status": "ok", "workload": "tiny", "strategy": "dp", "devices": 1,
+          "epoch_time_s": 3.0}
+    bad = {**base, "run_id": "b", "status": "failed", "error": "rank 0 failed: boom", "workload": "tiny",
+           "strategy": "tr", "devices": 2, "epoch_time_s": 1.0}
+    nan = {**ok, "run_id": "c", "epoch_time_s": float("nan")}
+    metrics.append_rows(str(tmp_path / "runs.csv"), [ok, bad, nan], metrics.RUN_COLUMNS)
+    metrics.append_rows(str(tmp_path / "ranks.csv"),
+                        [{"run_id": x, "rank": 0, "phase": "data", "seconds": 1.0} for x in "abz"],
+                        metrics.RANK_COLUMNS)
+    runs, ranks, events = metrics.load_results(str(tmp_path))
+    err = capsys.readouterr().err
+    assert list(runs.run_id) == ["a"] and list(ranks.run_id) == ["a"] and events.empty
+    assert "skipped run b" in err and "boom" in err and "skipped run c" in err and "z" in err
+    assert list(events.columns) == metrics.EVENT_COLUMNS
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_cuda_recorder_records_memory_and_nvml_or_notes_why(capsys):
+    import torch
+
+    dev = torch.device("cuda", 0)
+    rec = Recorder(0, dev, nvml_interval_s=0.05)
+    x = torch.randn(2048, 2048, device=dev)
+    with rec.measure():
+        for _ in range(20):
+            with rec.span("student", 0, 0):
+                x = (x @ x).tanh()
+    rep = rec.report()
+    assert rep.peak_memory_mb > 0 and rep.wall_s > 0
+    if rec._sampler is None:  # no nvidia-ml-py: a one-time note said so
+        assert rep.nvml_utilisation is None
+    else:
+        assert rep.nvml_utilisation is not None and 0.0 <= rep.nvml_utilisation <= 1.0
+        assert rec._sampler._thread is None
+
+
+def test_cuda_path_with_a_mocked_device(monkeypatch):
+    """The CUDA code path (sync per timestamp, NVML sampler between windows, allocator peak)
+    runs on a CPU-only machine with torch.cuda's calls stubbed."""
+    import torch
+
+    dev = torch.device("cuda", 0)
+    syncs = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: syncs.append(d))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d=None: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d=None: 3 * 2**20)
+    monkeypatch.setattr(torch.cuda, "utilization", lambda d=None: 40)
+    rec = Recorder(0, dev, nvml_interval_s=0.005)
+    assert rec._sampler is not None and rec._sampler._thread is None  # starts with the first window
+    with rec.measure():
+        with rec.span("student", 0, 1):
+            threading.Event().wait(0.03)
+    with rec.measure():  # a second window (dp opens one per block)
+        pass
+    rep = rec.report()
+    assert rep.nvml_utilisation == pytest.approx(0.4) and rep.peak_memory_mb == pytest.approx(3.0)
+    assert syncs and all(d == dev for d in syncs)
+    assert rec._sampler._thread is None  # report() stopped the thread
+
+
+def test_cuda_path_without_nvml_notes_once(monkeypatch, capsys):
+    import torch
+
+    def no_nvml(d=None):
+        raise ModuleNotFoundError("nvidia-ml-py does not seem to be installed")
+
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d=None: None)
+    monkeypatch.setattr(torch.cuda, "utilization", no_nvml)
+    monkeypatch.setattr(metrics, "_NVML_NOTED", False)
+    a = Recorder(0, torch.device("cuda", 0))
+    b = Recorder(0, torch.device("cuda", 0))
+    assert a._sampler is None and b._sampler is None
+    assert capsys.readouterr().err.count("NVML utilisation is not recorded") == 1
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d=None: 0)
+    assert a.report().nvml_utilisation is None
