@@ -66,6 +66,12 @@ def add_run_options(p: argparse.ArgumentParser, *, strategy: bool = True) -> Non
                    help="import MODULE in every rank (registers extra strategies)")
     g.add_argument("--inject-fault", default=None, metavar="RANK:STEP:raise|kill|hang",
                    help="testing aid: make RANK fail at STEP")
+    g.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help="save per-rank checkpoints here (with --checkpoint-every) and resume from here (--resume)")
+    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, metavar="K",
+                   help="save a checkpoint after every K training steps of each rank (0: never)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint every rank has in --checkpoint-dir")
 
 
 def config_from_args(args: argparse.Namespace, **override) -> RunConfig:

@@ -93,7 +93,7 @@ def validate(cfg: RunConfig) -> None:
     import_plugins(cfg.plugins)
     strategy = get_strategy(cfg.strategy)  # raises ConfigError listing the strategies
     if cfg.devices < 1:
-        raise ConfigError(f"--devices must be >= 1, got {cfg.devices}")
+        raise ConfigError(f"--devices must be >= 1 (one rank per device), got {cfg.devices}; use --devices 1 or more")
     if cfg.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     if cfg.steps < 1:
@@ -120,7 +120,8 @@ def validate(cfg: RunConfig) -> None:
                 f"{torch.cuda.device_count()}; lower --devices"
             )
     if cfg.teacher_weights is not None and not os.path.isfile(cfg.teacher_weights):
-        raise ConfigError(f"--teacher-weights {cfg.teacher_weights!r} does not exist")
+        raise ConfigError(f"--teacher-weights {cfg.teacher_weights!r} does not exist; pass the path of a file saved "
+                          "with torch.save(teacher.state_dict(), PATH), or omit it for a random teacher")
     try:
         data_mod.validate_data_config(data_config(cfg))
     except data_mod.DataError as e:
@@ -128,12 +129,56 @@ def validate(cfg: RunConfig) -> None:
     from .faults import parse_fault
 
     parse_fault(cfg.inject_fault, cfg.devices)
-    num_blocks = workload_num_blocks(cfg)
+    try:
+        num_blocks = workload_num_blocks(cfg)
+    except WorkloadError as e:
+        raise ConfigError(str(e)) from None
     strategy.validate(cfg, num_blocks)
-    _check_writable(cfg.out)
+    _check_teacher_weights(cfg)
+    _check_writable(cfg.out, "--out", "output directory")
+    if cfg.save_weights is not None:
+        _check_writable(os.path.dirname(os.path.abspath(cfg.save_weights)), "save_weights", "weights file directory")
+    _check_checkpointing(cfg)
 
 
-def _check_writable(out: str) -> None:
+def _check_teacher_weights(cfg: RunConfig) -> None:
+    """Load ``--teacher-weights`` into the full teacher built on the meta device (no memory, no
+    compute): a missing file, a non-state-dict or mismatched keys/shapes fail here, before spawn."""
+    if cfg.teacher_weights is None:
+        return
+    import warnings
+
+    import torch
+
+    from .zoo import WorkloadError, build_workload
+
+    opts = workload_options(cfg)
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")  # "copying into a meta parameter is a no-op": intended
+            build_workload(cfg.workload, opts, probe=False)
+    except WorkloadError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _check_checkpointing(cfg: RunConfig) -> None:
+    if cfg.checkpoint_every < 0:
+        raise ConfigError(f"--checkpoint-every must be >= 0 (0: never save), got {cfg.checkpoint_every}")
+    if cfg.checkpoint_dir is None:
+        if cfg.checkpoint_every > 0 or cfg.resume:
+            flag = "--resume" if cfg.resume else f"--checkpoint-every {cfg.checkpoint_every}"
+            raise ConfigError(f"{flag} needs --checkpoint-dir DIR (where checkpoints are saved and resumed from)")
+        return
+    if cfg.checkpoint_every == 0 and not cfg.resume:
+        raise ConfigError(f"--checkpoint-dir {cfg.checkpoint_dir!r} given but --checkpoint-every is 0, so nothing "
+                          "would be saved; pass --checkpoint-every K (save every K steps) or --resume")
+    _check_writable(cfg.checkpoint_dir, "--checkpoint-dir", "checkpoint directory")
+    from .checkpoint import check_resumable
+
+    check_resumable(cfg)
+
+
+def _check_writable(out: str, flag: str = "--out", what: str = "output directory") -> None:
     path = os.path.abspath(out)
     probe = path
     while not os.path.exists(probe):
@@ -141,8 +186,12 @@ def _check_writable(out: str) -> None:
         if parent == probe:
             break
         probe = parent
-    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"output directory {out!r} is not writable (checked {probe!r}); pass --out DIR")
+    if not os.path.isdir(probe):
+        raise ConfigError(f"{what} {out!r} ({flag}) cannot be created: {probe!r} exists and is not a directory; "
+                          f"pass {flag} with a path under a writable directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {out!r} ({flag}) is not writable (checked {probe!r}); "
+                          f"pass {flag} with a path under a writable directory")
 
 
 _BLOCK_COUNTS: dict[tuple, int] = {}
