@@ -19,7 +19,7 @@ import os
 import pkgutil
 import sys
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -49,15 +49,35 @@ class RankContext:
     data: DataSource
     recorder: Recorder
     progress: "object"  # pipebd.runner.Progress: .start(total, desc) / .advance(n)
+    # Set by the runner (all optional, so a context built by hand works as before):
+    heartbeat: "object | None" = None  # pipebd.faults.Heartbeat: .beat() on progress
+    checkpointer: "object | None" = None  # pipebd.checkpoint.Checkpointer (--checkpoint-dir)
+    resume_state: dict | None = None  # this rank's checkpoint payload when resuming (--resume)
+    calls: int = 0  # after_step calls so far (restored on resume); checkpoints are keyed by it
+    trainers: dict = field(default_factory=dict)  # every trainer built or stepped on this rank
+    _fault: "object | None" = field(default=None, repr=False)
+    _fault_parsed: bool = field(default=False, repr=False)
 
     def trainer(self, block: int) -> BlockTrainer:
-        """A fresh trainer for student ``block`` on this rank's device (same init on every rank)."""
+        """A trainer for student ``block`` on this rank's device (same init on every rank).
+
+        When the run resumes (``--resume``) and this rank's checkpoint holds ``block``, the
+        trainer comes back with its weights, optimizer, schedule and ``step_count`` restored;
+        strategies train it from ``step_count`` on.
+        """
         cfg = self.config
-        return BlockTrainer(
+        t = BlockTrainer(
             index=block, block=self.workload.student[block].to(self.device),
             last=block == self.workload.num_blocks - 1, total_steps=cfg.total_steps, seed=cfg.seed,
             optim=OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay),
         )
+        saved = (self.resume_state or {}).get("trainers", {}).get(block)
+        if saved is not None:
+            from ..checkpoint import restore_trainer
+
+            restore_trainer(t, saved)
+        self.trainers[block] = t
+        return t
 
     def teacher(self, blocks) -> list[torch.nn.Module]:
         return [self.workload.teacher[i].to(self.device) for i in blocks]
@@ -66,9 +86,21 @@ class RankContext:
         return tuple(t.to(self.device, non_blocking=True) for t in tensors)
 
     def after_step(self, step: int, trainers: dict[int, BlockTrainer]) -> None:
-        """Call after this rank finished training step ``step`` of ``trainers`` (checkpoints,
-        fault injection). Every strategy calls it once per completed step it trains."""
-        fault = parse_fault(self.config.inject_fault, self.world_size)
+        """Call after this rank finished training step ``step`` of ``trainers`` (heartbeat,
+        checkpoints, fault injection). Every strategy calls it once per completed step it trains.
+
+        With ``--checkpoint-every K`` every K-th call saves every trainer this rank holds
+        (those built by :meth:`trainer` and those passed here), keyed by the call count."""
+        self.calls += 1
+        self.trainers.update(trainers)
+        if self.heartbeat is not None:
+            self.heartbeat.beat()
+        if self.checkpointer is not None:
+            self.checkpointer.maybe_save(self.calls, self.trainers)
+        if not self._fault_parsed:
+            self._fault = parse_fault(self.config.inject_fault, self.world_size)
+            self._fault_parsed = True
+        fault = self._fault
         if fault is not None and fault.rank == self.rank and fault.step == step:
             fault.fire()
 

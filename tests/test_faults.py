@@ -1,0 +1,257 @@
+"""Every distributed run ends (DESIGN.md §5): a rank that raises, is killed or hangs takes the
+whole run down with a non-zero exit naming it and its cause, no process is left behind,
+SIGINT stops every rank, and the failure is recorded in runs.csv without figures.
+
+Runs go through ``python -m pipebd run`` in a subprocess whose environment carries a unique
+marker; every process of the run (launcher, ranks, multiprocessing's helpers) inherits it,
+so "no process left" is checked by scanning ``/proc/*/environ`` for the marker. Each
+subprocess has a generous timeout as a hang guard; no test asserts a wall-clock time.
+
+The 2-rank runs use ``dp`` when it is registered, else the test-only ``toy-sync`` strategy
+below (registered when this module is imported: ``--plugin tests.test_faults``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pandas as pd
+import pytest
+import torch
+import torch.distributed as dist
+
+from pipebd import metrics
+from pipebd.config import RunConfig
+from pipebd.distill import BlockTrainer, teacher_forward
+from pipebd.executors import Strategy, register_strategy, strategy_names
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MARK_ENV = "PIPEBD_TEST_MARK"
+
+
+@register_strategy("toy-sync")
+class ToySync(Strategy):
+    """Test-only: rank r trains blocks r, r+N, ... at full batch; one all-reduce per step.
+
+    Small, but it has what the fault tests need: every step is a collective, so a peer's
+    failure is seen at once, and it trains each trainer from ``trainer.step_count``.
+    """
+
+    description = "test-only: blocks round-robin over ranks, an all-reduce every step"
+
+    @classmethod
+    def validate(cls, cfg: RunConfig, num_blocks: int) -> None:
+        super().validate(cfg, num_blocks)
+        if cfg.devices > num_blocks:
+            from pipebd.config import ConfigError
+
+            raise ConfigError(f"toy-sync needs --devices <= {num_blocks} blocks, got {cfg.devices}")
+
+    def run(self) -> dict[int, BlockTrainer]:
+        ctx, cfg = self.ctx, self.ctx.config
+        n = ctx.workload.num_blocks
+        mine = [i for i in range(n) if i % ctx.world_size == ctx.rank]
+        teachers = ctx.teacher(range(max(mine) + 1))
+        trainers = {i: ctx.trainer(i) for i in mine}
+        for step in range(min(t.step_count for t in trainers.values()), cfg.total_steps):
+            if step >= cfg.warmup and not ctx.recorder.measuring:
+                ctx.recorder.start_window()
+            x, _ = ctx.to_device(*ctx.data.load(step))
+            for i in range(max(mine) + 1):
+                y = teacher_forward([teachers[i]], x)
+                t = trainers.get(i)
+                if t is not None and t.step_count == step:
+                    with ctx.recorder.span("student", i, step):
+                        t.train_step(step, x, y)
+                x = y
+            if ctx.world_size > 1:
+                with ctx.recorder.span("comm", -1, step):
+                    dist.all_reduce(torch.zeros(1))
+            ctx.after_step(step, trainers)
+        ctx.recorder.stop_window()
+        return trainers
+
+
+STRATEGY = "dp" if "dp" in strategy_names() else "toy-sync"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def marked_pids(mark: str) -> list[int]:
+    """Processes whose environment carries ``MARK_ENV=mark`` (this test process excluded)."""
+    needle = f"{MARK_ENV}={mark}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = f.read()
+        except OSError:  # gone, or not ours to read
+            continue
+        if needle in env.split(b"\0"):
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        continue  # a zombie is already dead; its parent reaps it
+            except OSError:
+                continue
+            found.append(int(name))
+    return found
+
+
+def assert_nothing_left(mark: str, within_s: float = 15.0) -> None:
+    """No process of the run is alive (multiprocessing's resource tracker may take a moment
+    to see its parent's exit, hence the short wait)."""
+    deadline = time.monotonic() + within_s
+    while (left := marked_pids(mark)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"processes left behind: {left}"
+
+
+def pipebd_args(out, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "pipebd", "run", "--quiet", "--workload", "tiny", "--strategy", STRATEGY,
+            "--devices", "2", "--batch-size", "4", "--steps", "3", "--warmup", "1", "--no-trace",
+            "--plugin", "tests.test_faults", "--out", str(out), *extra]
+
+
+def run_marked(args: list[str], *, timeout: float) -> tuple[subprocess.CompletedProcess, str]:
+    mark = uuid.uuid4().hex
+    env = {**os.environ, MARK_ENV: mark, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return proc, mark
+
+
+def failed_rows(out) -> pd.DataFrame:
+    runs = pd.read_csv(out / "runs.csv")
+    return runs[runs.status == "failed"]
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+@pytest.mark.parametrize("kind, cause", [
+    ("raise", "InjectedFault: injected fault on rank 1 at step 2"),  # the exception line of rank 1
+    ("kill", "killed by signal SIGKILL"),
+])
+def test_a_failing_rank_ends_the_run_and_is_named(tmp_path, kind, cause):
+    out = tmp_path / "res"
+    proc, mark = run_marked(pipebd_args(out, "--inject-fault", f"1:2:{kind}"), timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "rank 1 failed: " in proc.stderr and cause in proc.stderr, proc.stderr
+    assert "rank 0 failed" not in proc.stderr  # the peer that lost its connection is not blamed
+    assert_nothing_left(mark)
+    row = failed_rows(out)
+    assert len(row) == 1 and "rank 1 failed: " in row.error.iloc[0] and cause in row.error.iloc[0]
+    assert row.throughput_sps.isna().all() and row.measured_time_s.isna().all()  # no figures
+    assert row.workload.iloc[0] == "tiny" and row.strategy.iloc[0] == STRATEGY and row.devices.iloc[0] == 2
+
+
+def test_a_hung_rank_is_detected_and_named(tmp_path):
+    out = tmp_path / "res"
+    proc, mark = run_marked(pipebd_args(out, "--inject-fault", "1:2:hang", "--timeout", "10"), timeout=180)
+    assert proc.returncode == 1, proc.stderr
+    assert "rank 1 hung (no progress for" in proc.stderr, proc.stderr
+    assert_nothing_left(mark)
+    assert "rank 1 hung" in failed_rows(out).error.iloc[0]
+
+
+def test_a_hang_without_peers_is_caught_by_the_heartbeat(tmp_path):
+    """One rank, nothing to time out on: only the launcher's heartbeat watch can see it."""
+    out = tmp_path / "res"
+    args = [sys.executable, "-m", "pipebd", "run", "--quiet", "-w", "tiny", "-s", "sequential", "-b", "4",
+            "--steps", "3", "--warmup", "1", "--inject-fault", "0:1:hang", "--timeout", "4", "--out", str(out)]
+    proc, mark = run_marked(args, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "rank 0 hung (no progress for" in proc.stderr, proc.stderr
+    assert_nothing_left(mark)
+
+
+def test_sigint_stops_every_rank(tmp_path):
+    out = tmp_path / "res"
+    mark = uuid.uuid4().hex
+    env = {**os.environ, MARK_ENV: mark}
+    args = pipebd_args(out)
+    args[args.index("--steps") + 1] = "100000"
+    launcher = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len([p for p in marked_pids(mark) if p != launcher.pid]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert launcher.poll() is None, launcher.communicate()[1]
+        time.sleep(1.0)
+        launcher.send_signal(signal.SIGINT)
+        _out, err = launcher.communicate(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    assert launcher.returncode == 130, err
+    assert "interrupted" in err
+    assert_nothing_left(mark)
+    assert "interrupted by SIGINT" in failed_rows(out).error.iloc[0]
+
+
+# ----------------------------------------------------------------------------- nothing lost
+
+
+def _append_many(path: str, writer: int, n: int) -> None:
+    for k in range(n):
+        rows = [{"run_id": f"w{writer}-{k}-{j}", "status": "ok", "tag": f"writer {writer}", "devices": writer}
+                for j in range(1 + k % 2)]
+        metrics.append_rows(path, rows, metrics.RUN_COLUMNS)
+
+
+def test_concurrent_appends_keep_every_row_exactly_once(tmp_path):
+    path = str(tmp_path / "runs.csv")
+    writers, per_writer = 4, 12
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_append_many, args=(path, w, per_writer)) for w in range(writers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    runs = pd.read_csv(path)
+    expected = {f"w{w}-{k}-{j}" for w in range(writers) for k in range(per_writer) for j in range(1 + k % 2)}
+    assert len(runs) == len(expected)
+    assert set(runs.run_id) == expected
+    assert list(runs.columns[:len(metrics.RUN_COLUMNS)]) == metrics.RUN_COLUMNS
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]  # no temporary file left
+
+
+# ----------------------------------------------------------------------------- unit: heartbeat watch
+
+
+class _FakeStore:
+    def __init__(self):
+        self.kv: dict[str, bytes] = {}
+
+    def set(self, k, v):
+        self.kv[k] = v.encode() if isinstance(v, str) else v
+
+    def get(self, k):
+        return self.kv[k]
+
+
+def test_heartbeat_watch_reports_a_stall_only_when_no_rank_progresses():
+    from pipebd.faults import HeartbeatWatch, heartbeat_key
+
+    store = _FakeStore()
+    w = HeartbeatWatch(store, 2, now=0.0)
+    store.set(heartbeat_key(0), "1")
+    w.poll(now=5.0)
+    assert not w.stalled([0, 1], 10.0, now=12.0)  # rank 0 progressed at t=5
+    assert w.stalled([1], 10.0, now=12.0)  # rank 1 alone has not
+    store.set(heartbeat_key(1), "3")
+    w.poll(now=14.0)
+    assert w.age(1, now=15.0) == 1.0 and w.progress(1) == 3
+    assert w.stalled([0, 1], 10.0, now=25.0)
+    assert not w.stalled([], 10.0, now=99.0)
