@@ -30,6 +30,7 @@ finite run.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import Sequence
 
 import torch
@@ -182,8 +183,6 @@ class RelayPipeline:
         mine = None
         if self.ctx.world_size == 1:
             return None
-        from datetime import timedelta
-
         for i, s in enumerate(self.plan.stages):
             if s.replicas < 2:
                 continue
@@ -277,12 +276,13 @@ class RelayPipeline:
 
     def _steps(self, first: int, end: int) -> None:
         for step in range(first, end):
-            self._step(step, end_of_run=self.ctx.config.total_steps)
-            self.ctx.after_step(step, self.trainers)
+            if self._step(step, end_of_run=self.ctx.config.total_steps):
+                self.ctx.after_step(step, self.trainers)
             if self.ctx.rank == 0:
                 self.ctx.progress.advance(1)
 
-    def _step(self, step: int, *, end_of_run: int) -> None:
+    def _step(self, step: int, *, end_of_run: int) -> bool:
+        """Run ``step`` on this rank; return whether any of its trainers trained (not just relayed)."""
         ctx, rec = self.ctx, self.ctx.recorder
         if self.inbox is None:
             with rec.span("data", step=step):
@@ -319,6 +319,7 @@ class RelayPipeline:
         del acts, x
         if self.inbox is not None and step + self.depth < end_of_run:
             self.inbox.post(step + self.depth)
+        return bool(trained)
 
 
 class _RelayStrategy(Strategy):

@@ -1,0 +1,106 @@
+"""Pipe-BD automatic hybrid distribution (``ahd``): teacher relaying over replicated stages.
+
+Pipe-BD (Jang et al., DATE 2023) §III-C: with more devices than balanced stages, or blocks
+of very uneven cost, one stage per device leaves devices idle. AHD runs a
+:class:`~pipebd.plan.Plan` instead: contiguous stages of blocks, stage ``s`` on ``r_s``
+data-parallel replicas that split each batch by rows (evenly, or by ``@w1:w2`` weights).
+
+- Each replica of the first stage loads its own rows of the batch
+  (``DataSource.load(step, lo, hi)``); no other stage touches the data.
+- Relayed activations are sliced and gathered between stages of different widths: for each
+  (sender replica, receiver replica) pair the overlap of their row ranges travels as one
+  non-blocking message into a sliced view of the receiver's preallocated input buffer
+  (:func:`~pipebd.comm.row_overlaps`), so 1→2, 2→1, 3→1, 2→3 and uneven splits all work.
+- Inside a replicated stage, every replica weights its loss by its share of the batch (as
+  ``BlockTrainer.accumulate`` does for ghost shards) and the present gradients are summed
+  with one flattened all-reduce in the stage's own process group; all replicas sample the
+  same NAS path (``BlockTrainer.begin`` draws it from (seed, block, step)).
+- No barrier across stages: the decoupled parameter update of §III-B, with at most
+  ``--inflight`` batches in flight per link.
+
+The plan comes from ``--plan`` (e.g. ``0-1x2,2-5x1``; ``python -m pipebd plan`` prints one),
+else from :func:`pipebd.planner.plan_for` (costs from ``--profile`` or a FLOP estimate),
+computed on rank 0 and broadcast so every rank runs the same layout. Execution is
+:class:`~pipebd.executors.relay.RelayPipeline`, shared with ``tr``/``tr-dpu``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch.distributed as dist
+
+from ..config import ConfigError, RunConfig
+from ..costs import estimate_block_costs
+from ..distill import BlockTrainer
+from ..plan import Plan, Stage, parse_plan
+from .base import Strategy, register_strategy
+from .relay import RelayPipeline, balanced_stages
+
+__all__ = ["AutoHybrid", "ahd_plan"]
+
+log = logging.getLogger("pipebd.ahd")
+
+
+def _planned(cfg: RunConfig, num_blocks: int) -> Plan:
+    """The plan for a run without ``--plan``: the AHD planner's, or one balanced stage per device."""
+    try:
+        from ..planner import plan_for
+    except ImportError:
+        plan_for = None
+    if plan_for is not None:
+        plan = plan_for(cfg)
+        log.info("ahd: no --plan given; the planner chose %s for %d device(s)", plan, cfg.devices)
+        return plan
+    if cfg.devices > num_blocks:
+        raise ConfigError(f"ahd without --plan runs one stage per device, but the workload has {num_blocks} blocks "
+                          f"and --devices is {cfg.devices}; give a --plan with replicated stages, e.g. "
+                          f"--plan 0-{num_blocks - 1}x{cfg.devices}")
+    ranges = balanced_stages(estimate_block_costs(cfg), cfg.devices)
+    plan = Plan(tuple(Stage(a, b, 1) for a, b in ranges))
+    log.info("ahd: no --plan given and no planner; using cost-balanced stages %s", plan)
+    return plan
+
+
+def ahd_plan(cfg: RunConfig, num_blocks: int) -> Plan:
+    """``cfg``'s plan (``--plan`` or planned), validated against the workload, devices and batch."""
+    if cfg.plan is not None:
+        if not cfg.plan.strip():
+            raise ConfigError("--plan is empty; give stages like 0-1x2,2-5x1 (or omit --plan to let the planner "
+                              "choose)")
+        plan = parse_plan(cfg.plan)
+    else:
+        plan = _planned(cfg, num_blocks)
+    plan.validate(num_blocks=num_blocks, devices=cfg.devices, batch_size=cfg.batch_size)
+    return plan
+
+
+@register_strategy("ahd")
+class AutoHybrid(Strategy):
+    description = "Pipe-BD automatic hybrid distribution: relayed stages x data-parallel replicas (--plan)"
+
+    @classmethod
+    def validate(cls, cfg: RunConfig, num_blocks: int) -> None:
+        super().validate(cfg, num_blocks)
+        ahd_plan(cfg, num_blocks)
+
+    @classmethod
+    def describe_plan(cls, cfg: RunConfig, num_blocks: int) -> str:
+        return str(ahd_plan(cfg, num_blocks))
+
+    @classmethod
+    def reference_shards(cls, cfg: RunConfig, num_blocks: int) -> tuple[tuple[int, ...], ...]:
+        plan = ahd_plan(cfg, num_blocks)
+        return tuple(plan.stages[plan.stage_of_block(i)].rows(cfg.batch_size) for i in range(num_blocks))
+
+    def run(self) -> dict[int, BlockTrainer]:
+        ctx = self.ctx
+        cfg, n = ctx.config, ctx.workload.num_blocks
+        if cfg.plan is not None or ctx.world_size == 1:
+            plan = ahd_plan(cfg, n)
+        else:  # a planned layout is decided once, on rank 0, so no rank can disagree
+            box = [str(ahd_plan(cfg, n))] if ctx.rank == 0 else [None]
+            dist.broadcast_object_list(box, src=0)
+            plan = parse_plan(box[0])
+            plan.validate(num_blocks=n, devices=cfg.devices, batch_size=cfg.batch_size)
+        return RelayPipeline(ctx, plan, barrier=False, label="ahd").run()
