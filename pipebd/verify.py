@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .comm import threads_per_rank
 from .config import RunConfig, validate, workload_num_blocks
 from .executors import get_strategy, import_plugins, strategy_names
 from .runner import launch
@@ -66,6 +67,9 @@ def verify_strategy(cfg: RunConfig, *, rtol: float = DEFAULT_RTOL, workdir: str 
     num_blocks = workload_num_blocks(cfg)
     import_plugins(cfg.plugins)
     shards = get_strategy(cfg.strategy).reference_shards(cfg, num_blocks)
+    # Same threads per process for the reference and the ranks: float reductions then run in
+    # the same order, so CPU results agree to the last bit where the math is the same.
+    cfg = cfg.replace(threads=cfg.threads or threads_per_rank(cfg.devices))
     got_path = os.path.join(workdir, f"{cfg.strategy}-n{cfg.devices}.pt")
     run_cfg = cfg.replace(save_weights=got_path, quiet=True, trace=False, out=os.path.join(workdir, "results"))
     validate(run_cfg)
