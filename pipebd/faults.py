@@ -70,6 +70,10 @@ def parse_fault(spec: str | None, devices: int) -> Fault | None:
     return Fault(rank, step, parts[2])
 
 
+#: Seconds a rank may take to start (spawn, imports) before its first heartbeat, at least.
+STARTUP_S = 60.0
+
+
 def heartbeat_key(rank: int) -> str:
     return f"pipebd/hb/{rank}"
 
@@ -152,6 +156,16 @@ class HeartbeatWatch:
     def progress(self, rank: int) -> int:
         return int(self.values[rank])
 
+    def started(self, rank: int) -> bool:
+        """Whether ``rank`` has published a heartbeat yet (it is past interpreter start-up)."""
+        return self.values[rank] != "-1"
+
     def stalled(self, alive: list[int], timeout_s: float, now: float | None = None) -> bool:
-        """True when every live rank has made no progress for ``timeout_s`` seconds."""
-        return bool(alive) and all(self.age(r, now) >= timeout_s for r in alive)
+        """True when every live rank has made no progress for ``timeout_s`` seconds.
+
+        A rank that has not published its first heartbeat is still starting (interpreter,
+        imports; slow on a loaded host) and counts as stalled only after
+        ``max(timeout_s, STARTUP_S)`` seconds.
+        """
+        return bool(alive) and all(
+            self.age(r, now) >= (timeout_s if self.started(r) else max(timeout_s, STARTUP_S)) for r in alive)

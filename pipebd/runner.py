@@ -162,10 +162,13 @@ def _spawn(cfg: RunConfig, run_id: str) -> RunOutcome:
         for sig, old in handlers.items():
             signal.signal(sig, old)
         _stop_all(procs)
-    if failure is not None:
-        _record_failure(cfg, run_id, str(failure))
-        raise failure
-    return RunOutcome(run_id, _read_run_row(cfg.out, run_id))
+    if failure is None:
+        try:
+            return RunOutcome(run_id, _read_run_row(cfg.out, run_id))
+        except RunFailed as e:
+            failure = e
+    _record_failure(cfg, run_id, str(failure))
+    raise failure
 
 
 def _supervise(procs: list, error_files: list[str], watch: HeartbeatWatch, cfg: RunConfig,
@@ -441,6 +444,8 @@ def _read_run_row(out: str, run_id: str) -> dict:
     import pandas as pd
 
     path = os.path.join(out, "runs.csv")
+    if not os.path.isfile(path):
+        raise RunFailed(f"run {run_id} finished but wrote no {path}")
     df = pd.read_csv(path)
     match = df[df["run_id"] == run_id]
     if match.empty:

@@ -242,10 +242,15 @@ class _FakeStore:
 
 
 def test_heartbeat_watch_reports_a_stall_only_when_no_rank_progresses():
-    from pipebd.faults import HeartbeatWatch, heartbeat_key
+    from pipebd.faults import STARTUP_S, HeartbeatWatch, heartbeat_key
 
     store = _FakeStore()
     w = HeartbeatWatch(store, 2, now=0.0)
+    assert not w.stalled([0, 1], 10.0, now=30.0)  # neither has started: start-up allowance
+    assert w.stalled([0, 1], 10.0, now=STARTUP_S + 1)
+    store.set(heartbeat_key(0), "0")
+    store.set(heartbeat_key(1), "0")
+    w.poll(now=1.0)
     store.set(heartbeat_key(0), "1")
     w.poll(now=5.0)
     assert not w.stalled([0, 1], 10.0, now=12.0)  # rank 0 progressed at t=5
