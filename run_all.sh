@@ -1,6 +1,43 @@
 #!/usr/bin/env bash
-# Reproduce the experiments (for now: the sequential reference on the default workload).
-set -euo pipefail
+# Reproduce the paper's experiments (experiments/*.yaml) and their figures.
+#
+#   ./run_all.sh                      every experiment, cpu profile (sized for a 2-core machine, ~20-25 min)
+#   ./run_all.sh --profile paper      the paper's sizes (4 GPUs, batch 256, full resolution)
+#   ./run_all.sh --only speedup       one experiment (repeatable, or comma-separated)
+#   ./run_all.sh --force              rerun finished experiments (deletes their results, re-profiles)
+#   ./run_all.sh --results DIR --plots DIR --experiments DIR   other roots (tests, trial runs)
+#
+# Writes results/<profile>/<experiment>/*.csv and plots/<profile>/*.png. Resumes where it
+# stopped: a finished experiment (results/<profile>/<experiment>/DONE) is skipped, a partial
+# one continues with the runs it had not finished (see pipebd/experiments.py). A plot script
+# that is missing or fails is a note, not an error.
+set -uo pipefail
 cd "$(dirname "$0")"
-./bootstrap.sh
-.venv/bin/python -m pipebd run --workload nas-cifar10 --strategy sequential --batch-size 32 --steps 5 --out results/cpu "$@"
+
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+
+profile=cpu
+names=()
+args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --profile) profile=${2:?--profile needs a value (cpu or paper)}; shift 2 ;;
+    --profile=*) profile=${1#*=}; shift ;;
+    --only) names+=("${2:?--only needs an experiment name}"); shift 2 ;;
+    --only=*) names+=("${1#*=}"); shift ;;
+    --force|--no-plots|--plots-only|--list|--dry-run) args+=("$1"); shift ;;
+    --results|--plots|--experiments) args+=("$1" "${2:?$1 needs a directory}"); shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "run_all.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+  esac
+done
+
+./bootstrap.sh || { echo "run_all.sh: bootstrap failed" >&2; exit 1; }
+
+start=$(date +%s)
+echo "run_all: profile $profile, experiments: ${names[*]:-all}, started $(date '+%F %T')"
+PYTHONUNBUFFERED=1 .venv/bin/python -m pipebd experiment "${names[@]}" --profile "$profile" "${args[@]}"
+rc=$?
+elapsed=$(( $(date +%s) - start ))
+printf 'run_all: total %dm%02ds (exit %d)\n' $((elapsed / 60)) $((elapsed % 60)) "$rc"
+exit "$rc"

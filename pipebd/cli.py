@@ -18,7 +18,8 @@ from .config import ConfigError, RunConfig
 __all__ = ["main", "add_run_options", "config_from_args", "COMMAND_MODULES"]
 
 #: Modules that add subcommands (each defines ``add_cli(subparsers)``).
-COMMAND_MODULES = ["pipebd.verify", "pipebd.simulate", "pipebd.planner", "pipebd.profiler"]
+COMMAND_MODULES = ["pipebd.verify", "pipebd.simulate", "pipebd.planner", "pipebd.profiler", "pipebd.experiments",
+                   "pipebd.bench"]
 
 
 def add_run_options(p: argparse.ArgumentParser, *, strategy: bool = True) -> None:

@@ -1,0 +1,248 @@
+"""Experiments and bench: every shipped config validates, bad configs fail clearly, a tiny experiment
+runs end to end through run_all's code path (CSVs, DONE, skip, --force, resume), bench prints its table.
+
+Spawning tests use the tiny workload, 2 measured steps and FLOP-estimated costs (no profiling), so
+the whole file costs a handful of short launches.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+
+from pipebd.cli import main
+from pipebd.experiments import (EXPERIMENTS_DIR, MIN_NAS_WARMUP, PROFILES, ExperimentError, load_experiment,
+                                load_experiments, plan_units, rotated)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED = sorted(glob.glob(os.path.join(EXPERIMENTS_DIR, "*.yaml")))
+PAPER_FIG6 = {
+    "nas-cifar10": {"ls": 1.93, "tr": 2.41, "tr-dpu": 3.08, "ahd": 3.08},
+    "nas-imagenet": {"ls": 0.50, "tr": 3.03, "tr-dpu": 3.14, "ahd": 4.37},
+    "compress-vgg16-cifar10": {"ls": 2.05, "tr": 5.64, "tr-dpu": 5.85, "ahd": 7.40},
+    "compress-vgg16-imagenet": {"ls": 0.51, "tr": 3.98, "tr-dpu": 4.23, "ahd": 7.38},
+}
+
+
+# ---- the shipped configs ----------------------------------------------------------------------------------------
+
+def test_the_required_experiments_exist():
+    names = {os.path.splitext(os.path.basename(p))[0] for p in SHIPPED}
+    assert {"speedup", "breakdown", "memory", "batch-sweep", "scaling", "schedules"} <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: os.path.basename(p))
+def test_shipped_experiment_validates_for_both_profiles(path):
+    exp = load_experiment(path)
+    assert exp.description.strip()
+    for profile in PROFILES:
+        prof = exp.profile(profile)
+        for u in plan_units(prof):
+            assert u.devices <= (2 if profile == "cpu" else 4)
+        if profile == "paper" and prof.strategies:
+            assert prof.options.get("device_type") == "cuda"
+        if profile == "cpu" and prof.strategies:
+            assert max(prof.devices) <= 2, "this machine has 2 cores: at most 2 ranks of 1 thread"
+
+
+def test_all_experiments_load_together_in_run_order():
+    exps = load_experiments()
+    assert list(exps)[0] == "speedup"  # memory reads the speedup results, so it must run first
+    assert list(exps).index("memory") > list(exps).index("speedup")
+
+
+def test_speedup_panels_and_paper_reference():
+    exp = load_experiment(os.path.join(EXPERIMENTS_DIR, "speedup.yaml"))
+    assert exp.paper_reference == PAPER_FIG6
+    for profile in PROFILES:
+        prof = exp.profile(profile)
+        assert prof.strategies == ("dp", "ls", "tr", "tr-dpu", "ahd")
+        assert {w.name for w in prof.workloads} == set(PAPER_FIG6)
+        assert prof.repeats >= 3
+    paper = exp.profile("paper")
+    assert paper.batch_sizes == (256,) and paper.devices == (4,)
+    assert all(w.resolution is None and w.width_mult == 1.0 for w in paper.workloads)
+    cpu = exp.profile("cpu")
+    for w in cpu.workloads:
+        if w.name.startswith("nas"):
+            assert (w.warmup if w.warmup is not None else cpu.warmup) >= MIN_NAS_WARMUP
+        if w.name.endswith("imagenet"):
+            assert w.resolution is not None and w.resolution <= 96
+    assert "64 px" in cpu.notes
+
+
+def test_batch_sweep_paper_sizes():
+    exp = load_experiment(os.path.join(EXPERIMENTS_DIR, "batch-sweep.yaml"))
+    assert exp.profile("paper").batch_sizes == (128, 256, 384, 512)
+
+
+def test_scaling_measures_1_and_2_and_simulates_to_16():
+    prof = load_experiment(os.path.join(EXPERIMENTS_DIR, "scaling.yaml")).profile("cpu")
+    assert prof.devices == (1, 2)
+    assert min(prof.simulate_devices) == 1 and max(prof.simulate_devices) == 16
+
+
+def test_rotation_interleaves_every_repeat():
+    assert rotated(["a", "b", "c"], 0) == ["a", "b", "c"]
+    assert rotated(["a", "b", "c"], 1) == ["b", "c", "a"]
+    assert rotated(["a", "b", "c"], 4) == ["b", "c", "a"]
+
+
+# ---- clear errors ---------------------------------------------------------------------------------------------------
+
+GOOD = """\
+description: tiny end-to-end check
+plots:
+  - {script: speedup, output: tinyexp.png}
+profiles:
+  cpu:
+    workloads: [tiny]
+    strategies: [dp, nosuch]
+    devices: [2]
+    batch_sizes: [8]
+    steps: 2
+    warmup: 1
+    repeats: 1
+    costs: estimate
+    simulate_devices: [1, 2, 4]
+    plan_devices: [2, 4]
+    options: {timeout: 120.0, trace: false}
+"""
+
+
+def _write(tmp_path, text: str, name: str = "tinyexp") -> str:
+    d = tmp_path / "exps"
+    d.mkdir(exist_ok=True)
+    p = d / f"{name}.yaml"
+    p.write_text(textwrap.dedent(text))
+    return str(p)
+
+
+@pytest.mark.parametrize("old,new,expect", [
+    ("    steps: 2\n", "    steps: 2\n    step: 3\n", ["profiles.cpu", "unknown key 'step'", "allowed keys:", "steps"]),
+    ("    steps: 2\n", "    steps: two\n", ["profiles.cpu.steps", "expected int", "'two'"]),
+    ("    devices: [2]\n", "    devices: 2\n", ["profiles.cpu.devices", "expected list of int"]),
+    ("description: tiny end-to-end check\n", "description: x\ncolour: red\n", ["unknown key 'colour'", "profiles"]),
+    ("{timeout: 120.0, trace: false}", "{timeout: 120.0, trace: false, speed: 3}",
+     ["profiles.cpu.options", "unknown option 'speed'", "inflight"]),
+    ("{timeout: 120.0, trace: false}", "{timeout: soon}", ["profiles.cpu.options.timeout", "expected float"]),
+    ("{timeout: 120.0, trace: false}", "{batch_size: 4}",
+     ["profiles.cpu.options", "'batch_size' is set by the experiment grid"]),
+    ("workloads: [tiny]", "workloads: [nope]", ["profiles.cpu.workloads[0].name", "unknown workload 'nope'"]),
+    ("workloads: [tiny]", "workloads: [tiny-nas]", ["tiny-nas is a NAS workload", f"warmup >= {MIN_NAS_WARMUP}"]),
+    ("    costs: estimate\n", "    costs: guess\n", ["profiles.cpu.costs", "profile, estimate, none"]),
+    ("    batch_sizes: [8]\n", "    batch_sizes: [1]\n", ["batch size 1 is smaller than 2 devices"]),
+])
+def test_bad_configs_name_file_key_and_allowed(tmp_path, old, new, expect):
+    assert old in GOOD
+    path = _write(tmp_path, GOOD.replace(old, new))
+    with pytest.raises(ExperimentError) as e:
+        load_experiment(path)
+    msg = str(e.value)
+    assert path in msg
+    for part in expect:
+        assert part in msg, f"{part!r} not in {msg!r}"
+
+
+def test_missing_profile_and_bad_yaml(tmp_path):
+    exp = load_experiment(_write(tmp_path, GOOD))
+    with pytest.raises(ExperimentError, match="has no profile 'paper'; it has: cpu"):
+        exp.profile("paper")
+    with pytest.raises(ExperimentError, match="not valid YAML"):
+        load_experiment(_write(tmp_path, "description: [unclosed\n", "broken"))
+    with pytest.raises(ExperimentError, match="missing required key 'description'"):
+        load_experiment(_write(tmp_path, "profiles: {}\n", "nodesc"))
+
+
+def test_cli_unknown_experiment_is_a_clear_error(tmp_path, capsys):
+    _write(tmp_path, GOOD)
+    rc = main(["experiment", "nosuch", "--experiments", str(tmp_path / "exps"), "--results", str(tmp_path / "r")])
+    assert rc == 2
+    assert "unknown experiment 'nosuch'" in capsys.readouterr().err
+
+
+# ---- end to end (spawns ranks) ------------------------------------------------------------------------------------
+
+def test_tiny_experiment_end_to_end_skip_force_and_resume(tmp_path):
+    _write(tmp_path, GOOD)
+    results, plots = tmp_path / "results", tmp_path / "plots"
+    cmd = ["bash", os.path.join(ROOT, "run_all.sh"), "--only", "tinyexp", "--experiments", str(tmp_path / "exps"),
+           "--results", str(results), "--plots", str(plots)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    d = results / "cpu" / "tinyexp"
+    runs = pd.read_csv(d / "runs.csv")
+    assert sorted(runs["strategy"]) == ["dp", "nosuch"]
+    ok = runs[runs["status"] == "ok"].iloc[0]
+    assert ok["tag"] == "tinyexp" and ok["epoch_time_s"] > 0
+    assert ok["ideal_epoch_time_s"] > 0 and ok["efficiency"] > 0  # filled from the (estimated) cost model
+    failed = runs[runs["status"] == "failed"].iloc[0]
+    assert "unknown strategy 'nosuch'" in failed["error"]
+    assert set(pd.read_csv(d / "simulate.csv")["devices"]) == {1, 2, 4}
+    assert set(pd.read_csv(d / "schedules.csv")["devices"]) == {2, 4}
+    done = json.loads((d / "DONE").read_text())
+    assert (done["ok"], done["failed"]) == (1, 1)
+    assert "total" in out.stdout and "run_all:" in out.stdout
+
+    # finished: skipped
+    out = subprocess.run(cmd + ["--no-plots"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "done already" in out.stdout
+    assert len(pd.read_csv(d / "runs.csv")) == 2
+
+    # an interrupted run (journal says started, rows half written) is cleared on resume
+    (d / "DONE").unlink()
+    units = pd.read_csv(d / "units.csv")
+    dp_unit = units[(units["strategy"] == "dp") & (units["status"] == "ok")]
+    units = units.drop(dp_unit.index)  # as if the dp run never finished
+    units.to_csv(d / "units.csv", index=False)
+    old_dp = dp_unit["run_id"].iloc[0]
+    rc = main(["experiment", "tinyexp", "--experiments", str(tmp_path / "exps"), "--results", str(results),
+               "--no-plots"])
+    assert rc == 0
+    runs = pd.read_csv(d / "runs.csv")
+    assert old_dp not in set(runs["run_id"]) and sorted(runs["strategy"]) == ["dp", "nosuch"]
+    assert old_dp not in set(pd.read_csv(d / "ranks.csv")["run_id"])
+    assert (d / "DONE").exists()
+
+    # --force reruns from scratch
+    rc = main(["experiment", "tinyexp", "--experiments", str(tmp_path / "exps"), "--results", str(results),
+               "--no-plots", "--force"])
+    assert rc == 0
+    again = pd.read_csv(d / "runs.csv")
+    assert len(again) == 2 and not set(again["run_id"]) & set(runs["run_id"])
+
+
+def test_changed_settings_move_a_partial_run_aside(tmp_path):
+    from pipebd.experiments import _prepare_dir, _settings
+
+    exp = load_experiment(_write(tmp_path, GOOD))
+    d = tmp_path / "r" / "cpu" / "tinyexp"
+    _prepare_dir(str(d), _settings(exp, "cpu"), force=False, say=lambda m: None)
+    (d / "runs.csv").write_text("run_id\nx\n")
+    exp2 = load_experiment(_write(tmp_path, GOOD.replace("steps: 2", "steps: 3")))
+    _prepare_dir(str(d), _settings(exp2, "cpu"), force=False, say=lambda m: None)
+    assert not (d / "runs.csv").exists()
+    assert len(glob.glob(str(d) + ".stale-*")) == 1
+
+
+def test_bench_prints_table_with_dp_and_speedup(tmp_path, capsys):
+    rc = main(["bench", "--workload", "tiny", "--devices", "2", "--batch-size", "8", "--steps", "2", "--warmup", "1",
+               "--repeats", "1", "--strategies", "dp,tr,nosuch", "--ideal", "estimate", "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    table = out[out.index("strategy "):]
+    assert "speedup" in table and "eff." in table
+    dp_line = next(ln for ln in table.splitlines() if ln.startswith("dp "))
+    assert "1.00x" in dp_line
+    assert any(ln.startswith("tr ") and "x" in ln for ln in table.splitlines())
+    assert any(ln.startswith("nosuch") and "failed" in ln for ln in table.splitlines())
+    assert any(ln.startswith("ideal") for ln in table.splitlines())
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert set(runs["tag"]) == {"bench"} and set(runs["strategy"]) == {"dp", "tr", "nosuch"}
