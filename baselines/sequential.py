@@ -41,24 +41,26 @@ class Sequential(Strategy):
         trainers = {i: ctx.trainer(i) for i in range(n)}
         shards = cfg.block_shards or tuple(tuple(shard_sizes(cfg.batch_size, cfg.shards)) for _ in range(n))
         rec = ctx.recorder
-        ctx.progress.start(cfg.total_steps, "sequential")
-        for step in range(cfg.total_steps):
-            if step == cfg.warmup:
+        start = min(t.step_count for t in trainers.values())  # > 0 when resumed from a checkpoint
+        ctx.progress.start(cfg.total_steps - start, "sequential")
+        for step in range(start, cfg.total_steps):
+            if step >= cfg.warmup and not rec.measuring:
                 rec.start_window()
             with rec.span("data", step=step):
                 x, _ = ctx.to_device(*ctx.data.load(step))
             for i in range(n):
                 with rec.span("teacher", i, step):
                     y = teacher_forward([teachers[i]], x)
-                with rec.span("student", i, step):
-                    t = trainers[i]
-                    t.begin(step)
-                    lo = 0
-                    for size in shards[i]:
-                        t.accumulate(x[lo:lo + size], y[lo:lo + size], weight=size / x.shape[0])
-                        lo += size
-                with rec.span("update", i, step):
-                    t.apply()
+                t = trainers[i]
+                if t.step_count == step:  # a resumed block may already be past this step
+                    with rec.span("student", i, step):
+                        t.begin(step)
+                        lo = 0
+                        for size in shards[i]:
+                            t.accumulate(x[lo:lo + size], y[lo:lo + size], weight=size / x.shape[0])
+                            lo += size
+                    with rec.span("update", i, step):
+                        t.apply()
                 x = y
             ctx.after_step(step, trainers)
             ctx.progress.advance(1)

@@ -169,3 +169,15 @@ def test_pruning_never_deletes_the_cut(tmp_path):
     r0.save(5, {0: t})
     assert ck.available_counts(cfg.checkpoint_dir, 0) == [2, 3, 4, 5]
     assert ck.common_count([ck.available_counts(cfg.checkpoint_dir, r) for r in range(2)]) == 2
+
+
+def test_sequential_resume_equals_the_uninterrupted_run(tmp_path):
+    base = _base(tmp_path, "sequential").replace(devices=1)
+    ckdir = str(tmp_path / "ck")
+    launch(base.replace(save_weights=str(tmp_path / "whole.pt")))
+    with pytest.raises(RunFailed, match="rank 0 failed: killed by signal SIGKILL"):
+        launch(base.replace(checkpoint_dir=ckdir, checkpoint_every=1, inject_fault="0:2:kill"))
+    resumed = launch(base.replace(checkpoint_dir=ckdir, checkpoint_every=1, resume=True,
+                                  save_weights=str(tmp_path / "resumed.pt")))
+    assert resumed.row["status"] == "resumed"
+    _assert_same_weights(str(tmp_path / "whole.pt"), str(tmp_path / "resumed.pt"))
