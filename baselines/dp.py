@@ -24,29 +24,13 @@ windows add up.
 
 from __future__ import annotations
 
-import torch
-import torch.distributed as dist
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from pipebd.comm import allreduce_sum_
 from pipebd.config import ConfigError, RunConfig
 from pipebd.distill import BlockTrainer, shard_sizes, teacher_forward
 from pipebd.executors import Strategy, register_strategy
 
-__all__ = ["DataParallel", "allreduce_grads"]
-
-
-def allreduce_grads(grads: list[torch.Tensor]) -> None:
-    """Sum ``grads`` over all ranks in place with ONE flattened all-reduce (not one per tensor).
-
-    Every replica samples the same NAS path, so every rank holds the same set of gradients,
-    in the same order, and the flattened buffers line up.
-    """
-    if not grads or not dist.is_initialized() or dist.get_world_size() == 1:
-        return
-    flat = _flatten_dense_tensors(grads)
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    for g, reduced in zip(grads, _unflatten_dense_tensors(flat, grads)):
-        g.copy_(reduced)
+__all__ = ["DataParallel"]
 
 
 @register_strategy("dp")
@@ -100,7 +84,8 @@ class DataParallel(Strategy):
                     t.begin(step)
                     t.accumulate(y, target, weight=weight)
                 with rec.span("comm", i, step):
-                    allreduce_grads(t.grads())
+                    if ctx.world_size > 1:
+                        allreduce_sum_(t.grads())
                 with rec.span("update", i, step):
                     t.apply()
                 ctx.after_step(step, {i: t})

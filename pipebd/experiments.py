@@ -89,6 +89,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 
 from .config import RunConfig
+from .metrics import atomic_write_text
 
 __all__ = [
     "ExperimentError", "WorkloadSpec", "PlotSpec", "ProfileSpec", "Experiment", "Unit", "UnitResult",
@@ -546,14 +547,6 @@ def _group_config(prof: ProfileSpec, w: WorkloadSpec, batch: int, devices: int) 
 
 # ---- CSV helpers ---------------------------------------------------------------------------------------------------
 
-def _atomic_write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _rewrite_csv(path: str, fn: Callable) -> None:
     """Replace the table at ``path`` by ``fn(table)``, under the lock :func:`pipebd.metrics.append_rows` takes."""
     import pandas as pd
@@ -576,7 +569,7 @@ def _write_table(path: str, rows: list[dict], columns: list[str]) -> None:
     import pandas as pd
 
     df = pd.DataFrame(rows, columns=columns)
-    _atomic_write(path, df.to_csv(index=False))
+    atomic_write_text(path, df.to_csv(index=False))
 
 
 def _read_csv(path: str):
@@ -837,7 +830,7 @@ def _prepare_dir(d: str, settings: dict, *, force: bool, say) -> None:
         say(f"  {d} holds results of no known experiment run; moved them aside to {aside}")
     os.makedirs(d, exist_ok=True)
     if not os.path.exists(meta):
-        _atomic_write(meta, json.dumps({**settings, "digest": _digest(settings)}, indent=1, default=str) + "\n")
+        atomic_write_text(meta, json.dumps({**settings, "digest": _digest(settings)}, indent=1, default=str) + "\n")
 
 
 def _journal(d: str) -> tuple[dict[str, dict], set[str]]:
@@ -955,7 +948,7 @@ def run_experiment(exp: Experiment, profile: str = DEFAULT_PROFILE, *, results_r
                "runs": len(units), "ok": sum(r["status"] == "ok" for r in final.values()),
                "failed": sum(r["status"] != "ok" for r in final.values()), "failed_strategies": failed,
                "seconds_this_session": round(time.perf_counter() - t_start, 1)}
-    _atomic_write(os.path.join(d, "DONE"), json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(os.path.join(d, "DONE"), json.dumps(summary, indent=1) + "\n")
     say(f"{exp.name}: done in {summary['seconds_this_session']:.0f} s, {summary['ok']} ok, {summary['failed']} failed"
         + (f" ({', '.join(failed)})" if failed else ""))
     return True

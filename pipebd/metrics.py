@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # torch is imported lazily: plots read CSVs through this modu
     import torch
 
 __all__ = [
+    "atomic_write_text",
     "PHASES", "BUSY_PHASES", "RUN_COLUMNS", "RANK_COLUMNS", "EVENT_COLUMNS", "Recorder", "RankReport",
     "NvmlSampler", "append_rows", "rank_rows", "event_rows", "write_trace", "summarise", "with_ideal",
     "load_results",
@@ -370,10 +371,10 @@ def write_trace(path: str, run_id: str, reports: list[RankReport]) -> None:
             events.append({"name": name, "cat": phase, "ph": "X", "pid": 0, "tid": rep.rank,
                            "ts": (start + off[rep.rank]) * 1e6, "dur": (end - start) * 1e6,
                            "args": {"block": block, "step": step}})
-    _atomic_write_text(path, json.dumps({"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"run_id": run_id}}))
+    atomic_write_text(path, json.dumps({"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"run_id": run_id}}))
 
 
-def _atomic_write_text(path: str, text: str) -> None:
+def atomic_write_text(path: str, text: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
     with os.fdopen(fd, "w") as f:

@@ -45,7 +45,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.multiprocessing.spawn import ProcessException
 
-from .comm import backend_for, init_process_group, threads_per_rank
+from .runner import init_rank
 from .config import ConfigError, RunConfig, data_config, validate, workload_options
 from .data import DataSource
 from .distill import BlockTrainer, OptimConfig
@@ -160,16 +160,7 @@ def _spawn_entry(local_rank: int, cfg: RunConfig, opts: ProfileOptions, port: in
 
 def _rank_main(rank: int, cfg: RunConfig, opts: ProfileOptions, *, store, local_world_size: int | None = None) -> None:
     world = cfg.devices
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    local_world = local_world_size or int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    torch.set_num_threads(threads_per_rank(local_world, cfg.threads))
-    if cfg.device_type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    init_process_group(backend=backend_for(cfg.device_type), rank=rank, world_size=world, timeout_s=cfg.timeout,
-                       store=store, device=device)
+    device = init_rank(cfg, rank, store=store, local_world_size=local_world_size)
     try:
         rows = _Profiler(rank, world, device, cfg, opts).run()
         gathered = [None] * world if rank == 0 else None

@@ -303,22 +303,28 @@ def _spawn_entry(local_rank: int, cfg: RunConfig, run_id: str, port: int) -> Non
         heartbeat.stop()
 
 
-def rank_main(rank: int, cfg: RunConfig, run_id: str, *, store: dist.Store | None,
-              local_world_size: int | None = None, heartbeat: Heartbeat | None = None) -> dict | None:
-    """Run one rank: init the process group, build, (resume), run the strategy, gather, (rank 0) write."""
-    world = cfg.devices
-    beat = heartbeat.beat if heartbeat is not None else (lambda: None)
+def init_rank(cfg: RunConfig, rank: int, *, store: dist.Store | None, local_world_size: int | None = None) -> torch.device:
+    """Join the process group as ``rank``: threads (cores ÷ local ranks), device, backend, timeout."""
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    local_world = local_world_size or int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    local_world = local_world_size or int(os.environ.get("LOCAL_WORLD_SIZE", cfg.devices))
     torch.set_num_threads(threads_per_rank(local_world, cfg.threads))
-    import_plugins(cfg.plugins)
     if cfg.device_type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    init_process_group(backend=backend_for(cfg.device_type), rank=rank, world_size=world, timeout_s=cfg.timeout,
+    init_process_group(backend=backend_for(cfg.device_type), rank=rank, world_size=cfg.devices, timeout_s=cfg.timeout,
                        store=store, device=device)
+    return device
+
+
+def rank_main(rank: int, cfg: RunConfig, run_id: str, *, store: dist.Store | None,
+              local_world_size: int | None = None, heartbeat: Heartbeat | None = None) -> dict | None:
+    """Run one rank: init the process group, build, (resume), run the strategy, gather, (rank 0) write."""
+    world = cfg.devices
+    beat = heartbeat.beat if heartbeat is not None else (lambda: None)
+    import_plugins(cfg.plugins)
+    device = init_rank(cfg, rank, store=store, local_world_size=local_world_size)
     beat()
     try:
         if rank == 0 and cfg.teacher_weights is None and not cfg.quiet:
