@@ -10,8 +10,10 @@ redundancy (the prefix T0..Ti is recomputed by every device, for every block it 
 Blocks are assigned to ranks either explicitly (``--ls-map "0:1:2,3:4,5"``: ranks separated
 by commas, the blocks of one rank by colons, trained in the order given) or by the
 longest-processing-time-first rule of Graham ("Bounds on Multiprocessing Timing
-Anomalies", 1969) on :func:`pipebd.costs.estimate_block_costs`: blocks in decreasing cost,
-each to the currently least-loaded rank (ties: lower block index first, then lower rank).
+Anomalies", 1969, :func:`pipebd.simulate.lpt_assign`) on each block's cost as ls pays it —
+data loading + the teacher prefix T0..Ti + the student — taken from the run's cost table
+(``--profile``, else FLOP estimates; :func:`pipebd.planner.cost_table_for`), the same rule the
+simulator predicts ls with: blocks in decreasing cost, each to the least-loaded rank.
 
 Every rank must own at least one block: an idle device would only dilute the per-rank
 figures, so ``--devices`` above the number of blocks, or an empty rank in ``--ls-map``, is
@@ -26,40 +28,17 @@ the lightly loaded ranks show their imbalance as ``sync`` time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-
 from pipebd.config import ConfigError, RunConfig
-from pipebd.costs import estimate_block_costs
 from pipebd.distill import BlockTrainer, teacher_forward
+from pipebd.planner import cost_table_for
+from pipebd.simulate import format_ls_map, lpt_assign
+from pipebd.simulate import ls_assignment as ls_assignment_for_costs
 from pipebd.executors import Strategy, register_strategy
 
 __all__ = ["LayerWise", "lpt_assign", "parse_ls_map", "format_ls_map", "ls_assignment"]
 
 _MAP_SYNTAX = ('blocks of each rank separated by ":" and ranks separated by ",", e.g. --ls-map "0:1:2,3" '
                "for blocks 0-2 on rank 0 and block 3 on rank 1")
-
-
-def lpt_assign(costs: Sequence[float], n: int) -> list[list[int]]:
-    """Longest-processing-time-first assignment of blocks (by ``costs``) to ``n`` ranks.
-
-    Blocks are taken in decreasing cost (ties: lower index first) and each goes to the rank
-    with the smallest load so far (ties: lower rank). Returns, per rank, its blocks in
-    increasing order; a rank gets an empty list when ``n`` exceeds the number of blocks.
-    """
-    if n < 1:
-        raise ValueError(f"need at least 1 rank, got {n}")
-    loads = [0.0] * n
-    bins: list[list[int]] = [[] for _ in range(n)]
-    for b in sorted(range(len(costs)), key=lambda b: (-costs[b], b)):
-        r = min(range(n), key=lambda r: (loads[r], r))
-        bins[r].append(b)
-        loads[r] += costs[b]
-    return [sorted(blocks) for blocks in bins]
-
-
-def format_ls_map(assignment: Iterable[Iterable[int]]) -> str:
-    """The ``--ls-map`` string of an assignment: ``[[0, 3], [1, 2]]`` -> ``"0:3,1:2"``."""
-    return ",".join(":".join(str(b) for b in blocks) for blocks in assignment)
 
 
 def parse_ls_map(text: str, num_blocks: int, devices: int) -> list[list[int]]:
@@ -111,10 +90,7 @@ def ls_assignment(cfg: RunConfig, num_blocks: int) -> list[list[int]]:
         raise ConfigError(f"strategy 'ls' gives every device whole blocks, but --devices {cfg.devices} exceeds the "
                           f"{num_blocks} blocks of {cfg.workload!r}, so some rank would have nothing to train; "
                           f"use --devices {num_blocks} or fewer")
-    costs = estimate_block_costs(cfg)
-    if len(costs) != num_blocks:
-        raise ConfigError(f"cost estimate has {len(costs)} blocks but the workload has {num_blocks}")
-    return lpt_assign(costs, cfg.devices)
+    return ls_assignment_for_costs(cost_table_for(cfg), cfg.devices, cfg.batch_size)
 
 
 @register_strategy("ls")

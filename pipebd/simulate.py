@@ -65,7 +65,7 @@ from .plan import Plan, Stage
 
 __all__ = [
     "CostTable", "StageCost", "PipelineResult", "Prediction", "EstimateSpec", "STRATEGIES", "CSV_COLUMNS",
-    "candidate_batches", "stage_cost", "stage_memory", "simulate_pipeline", "ls_assignment", "format_ls_map",
+    "candidate_batches", "stage_cost", "stage_memory", "simulate_pipeline", "ls_assignment", "lpt_assign", "format_ls_map",
     "predict_sequential", "predict_dp", "predict_ls", "predict_tr", "predict_tr_dpu", "predict_ahd",
     "predict_ideal", "predict_all", "pipeline_plan", "stages_string", "estimate_cost_table",
     "random_cost_table", "epoch_steps", "add_cli",
@@ -589,24 +589,34 @@ def _ls_block_step(costs: CostTable, block: int, batch_size: int) -> float:
             + costs.student_time(block, batch_size))
 
 
+def lpt_assign(costs: Sequence[float], n: int) -> list[list[int]]:
+    """Graham's longest-processing-time-first assignment of jobs (by ``costs``) to ``n`` bins.
+
+    Jobs are taken in decreasing cost (ties: lower index first) and each goes to the bin with
+    the smallest load so far (ties: lower bin). Returns, per bin, its jobs in increasing order;
+    a bin gets an empty list when ``n`` exceeds the number of jobs.
+    """
+    if n < 1:
+        raise ValueError(f"need at least 1 rank, got {n}")
+    loads = [0.0] * n
+    bins: list[list[int]] = [[] for _ in range(n)]
+    for b in sorted(range(len(costs)), key=lambda b: (-costs[b], b)):
+        r = min(range(n), key=lambda r: (loads[r], r))
+        bins[r].append(b)
+        loads[r] += costs[b]
+    return [sorted(blocks) for blocks in bins]
+
+
 def ls_assignment(costs: CostTable, devices: int, batch_size: int) -> list[list[int]]:
-    """Graham's longest-processing-time-first assignment of whole blocks to devices (ls baseline).
+    """The ls baseline's assignment of whole blocks to devices: :func:`lpt_assign` on block costs.
 
     A device trains its blocks one after another, each for every step with its own data
     loading and teacher prefix (as ``baselines/ls.py`` does), so a block's cost is
-    :func:`_ls_block_step` and a device's load is the sum over its blocks. Blocks go in
-    decreasing cost (ties: lower block) to the least-loaded device (ties: lower device).
-    With more devices than blocks, only ``num_blocks`` devices are used.
+    :func:`_ls_block_step` and a device's load is the sum over its blocks. With more devices
+    than blocks, only ``num_blocks`` devices are used.
     """
     n = costs.num_blocks
-    cost = [_ls_block_step(costs, i, batch_size) for i in range(n)]
-    loads = [0.0] * min(devices, n)
-    assign: list[list[int]] = [[] for _ in loads]
-    for i in sorted(range(n), key=lambda i: (-cost[i], i)):
-        d = min(range(len(loads)), key=lambda d: (loads[d], d))
-        assign[d].append(i)
-        loads[d] += cost[i]
-    return [sorted(a) for a in assign]
+    return lpt_assign([_ls_block_step(costs, i, batch_size) for i in range(n)], min(devices, n))
 
 
 def format_ls_map(assignment: Sequence[Sequence[int]]) -> str:

@@ -16,7 +16,7 @@ import pytest
 from baselines.dp import DataParallel
 from baselines.ls import LayerWise, format_ls_map, lpt_assign, parse_ls_map
 from pipebd.config import ConfigError, RunConfig, validate
-from pipebd.costs import estimate_block_costs
+from pipebd.planner import cost_table_for
 from pipebd.verify import verify_strategy
 
 BATCH = 10
@@ -106,9 +106,13 @@ def test_lpt_assign_balances_and_breaks_ties_deterministically():
         lpt_assign([1.0], 0)
 
 
-def test_ls_default_plan_is_lpt_of_estimated_costs(tmp_path):
+def test_ls_default_plan_is_lpt_of_the_runs_cost_table(tmp_path):
     cfg = _cfg("tiny", "ls", 2, tmp_path)
-    costs = estimate_block_costs(cfg)
+    table = cost_table_for(cfg)
+    # the cost ls pays per block: data + teacher prefix 0..i + student i, at the full batch
+    b = cfg.batch_size
+    costs = [table.data_time(b) + sum(table.teacher_time(j, b) for j in range(i + 1)) + table.student_time(i, b)
+             for i in range(4)]
     bins = lpt_assign(costs, 2)
     assert sorted(b for rank in bins for b in rank) == [0, 1, 2, 3] and all(bins)
     # no single move of a block to the other rank lowers the makespan

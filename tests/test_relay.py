@@ -19,7 +19,7 @@ import pytest
 
 from pipebd.comm import row_overlaps, row_ranges
 from pipebd.config import ConfigError, RunConfig, validate
-from pipebd.executors.relay import balanced_stages, parse_stages
+from pipebd.executors.relay import parse_stages
 from pipebd.verify import verify_strategy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,21 +88,6 @@ def test_more_devices_than_blocks():
 def test_good_stages_validate():
     validate(RunConfig(workload="tiny", strategy="tr", devices=2, stages="0, 1-3"))
     validate(RunConfig(workload="tiny", strategy="tr-dpu", devices=4))
-
-
-def test_balanced_stages_is_min_max_optimal():
-    rng = random.Random(0)
-    for _ in range(200):
-        n = rng.randint(1, 7)
-        costs = [rng.choice([1, 2, 3, 10, 0.5]) for _ in range(n)]
-        for parts in range(1, n + 1):
-            got = balanced_stages(costs, parts)
-            assert got[0][0] == 0 and got[-1][1] == n - 1 and len(got) == parts
-            assert all(a <= b for a, b in got) and all(got[k][1] + 1 == got[k + 1][0] for k in range(parts - 1))
-            best = min(max(sum(costs[a:b]) for a, b in zip((0, *cuts), (*cuts, n)))
-                       for cuts in itertools.combinations(range(1, n), parts - 1))
-            assert max(sum(costs[a:b + 1]) for a, b in got) == pytest.approx(best)
-    assert balanced_stages([5, 1, 1, 1, 1, 1], 2) == [(0, 0), (1, 5)]
 
 
 def test_row_overlaps_tile_the_batch():

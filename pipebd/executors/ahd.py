@@ -31,34 +31,22 @@ import logging
 import torch.distributed as dist
 
 from ..config import ConfigError, RunConfig
-from ..costs import estimate_block_costs
 from ..distill import BlockTrainer
-from ..plan import Plan, Stage, parse_plan
+from ..plan import Plan, parse_plan
 from .base import Strategy, register_strategy
-from .relay import RelayPipeline, balanced_stages
+from .relay import RelayPipeline
 
 __all__ = ["AutoHybrid", "ahd_plan"]
 
 log = logging.getLogger("pipebd.ahd")
 
 
-def _planned(cfg: RunConfig, num_blocks: int) -> Plan:
-    """The plan for a run without ``--plan``: the AHD planner's, or one balanced stage per device."""
-    try:
-        from ..planner import plan_for
-    except ImportError:
-        plan_for = None
-    if plan_for is not None:
-        plan = plan_for(cfg)
-        log.info("ahd: no --plan given; the planner chose %s for %d device(s)", plan, cfg.devices)
-        return plan
-    if cfg.devices > num_blocks:
-        raise ConfigError(f"ahd without --plan runs one stage per device, but the workload has {num_blocks} blocks "
-                          f"and --devices is {cfg.devices}; give a --plan with replicated stages, e.g. "
-                          f"--plan 0-{num_blocks - 1}x{cfg.devices}")
-    ranges = balanced_stages(estimate_block_costs(cfg), cfg.devices)
-    plan = Plan(tuple(Stage(a, b, 1) for a, b in ranges))
-    log.info("ahd: no --plan given and no planner; using cost-balanced stages %s", plan)
+def _planned(cfg: RunConfig) -> Plan:
+    """The plan for a run without ``--plan``: the AHD planner's, from the run's cost table."""
+    from ..planner import plan_for
+
+    plan = plan_for(cfg)
+    log.info("ahd: no --plan given; the planner chose %s for %d device(s)", plan, cfg.devices)
     return plan
 
 
@@ -70,7 +58,7 @@ def ahd_plan(cfg: RunConfig, num_blocks: int) -> Plan:
                               "choose)")
         plan = parse_plan(cfg.plan)
     else:
-        plan = _planned(cfg, num_blocks)
+        plan = _planned(cfg)
     plan.validate(num_blocks=num_blocks, devices=cfg.devices, batch_size=cfg.batch_size)
     return plan
 

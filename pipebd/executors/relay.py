@@ -16,8 +16,8 @@ The math is untouched: student blocks never read each other, so the order in whi
 update cannot change any weight (DESIGN.md §1).
 
 The stages come from ``--stages`` (``0-1,2-3,4-5``: block ranges, one per device) or, by
-default, from an exact min-max contiguous partition of :func:`~pipebd.costs.estimate_block_costs`
-(:func:`balanced_stages`). Internally a layout is a :class:`~pipebd.plan.Plan` with one
+default, from :func:`pipebd.simulate.pipeline_plan`: the exact min-max split of the run's cost
+table (``--profile``, else FLOP estimates), relays included. Internally a layout is a :class:`~pipebd.plan.Plan` with one
 replica per stage; :class:`RelayPipeline` executes any plan, replicated stages included, and
 is what ``ahd`` (§III-C, :mod:`pipebd.executors.ahd`) runs too.
 
@@ -38,47 +38,14 @@ import torch.distributed as dist
 
 from ..comm import Inbox, Outbox, Piece, TensorMeta, allreduce_sum_, exchange_meta, row_overlaps, row_ranges
 from ..config import ConfigError, RunConfig
-from ..costs import estimate_block_costs
 from ..distill import BlockTrainer, teacher_forward
 from ..plan import Plan, Stage
 from .base import RankContext, Strategy, register_strategy
 
-__all__ = ["TeacherRelay", "TeacherRelayDPU", "RelayPipeline", "balanced_stages", "parse_stages",
+__all__ = ["TeacherRelay", "TeacherRelayDPU", "RelayPipeline", "parse_stages",
            "format_stages", "relay_plan"]
 
 _RANGE_RE = re.compile(r"^(\d+)(?:-(\d+))?$")
-
-
-def balanced_stages(costs: Sequence[float], parts: int) -> list[tuple[int, int]]:
-    """Exact min-max partition of ``costs`` into ``parts`` contiguous non-empty ranges.
-
-    Dynamic programming over (stages, prefix length), O(parts · n²); returns inclusive
-    ``(first, last)`` block ranges. Among equally good partitions it keeps the earliest
-    split points, so the result is deterministic.
-    """
-    n = len(costs)
-    if not 1 <= parts <= n:
-        raise ValueError(f"cannot split {n} blocks into {parts} non-empty stages")
-    prefix = [0.0]
-    for c in costs:
-        prefix.append(prefix[-1] + float(c))
-    inf = float("inf")
-    # best[k][j]: smallest possible max-stage cost splitting blocks [0, j) into k stages
-    best = [[inf] * (n + 1) for _ in range(parts + 1)]
-    cut = [[0] * (n + 1) for _ in range(parts + 1)]
-    best[0][0] = 0.0
-    for k in range(1, parts + 1):
-        for j in range(k, n - (parts - k) + 1):
-            for i in range(k - 1, j):
-                v = max(best[k - 1][i], prefix[j] - prefix[i])
-                if v < best[k][j] * (1 - 1e-12):
-                    best[k][j], cut[k][j] = v, i
-    ranges, j = [], n
-    for k in range(parts, 0, -1):
-        i = cut[k][j]
-        ranges.append((i, j - 1))
-        j = i
-    return ranges[::-1]
 
 
 def parse_stages(text: str, *, num_blocks: int, devices: int) -> list[tuple[int, int]]:
@@ -139,10 +106,13 @@ def relay_plan(cfg: RunConfig, num_blocks: int) -> Plan:
     if cfg.stages is not None:
         ranges = parse_stages(cfg.stages, num_blocks=num_blocks, devices=cfg.devices)
     else:
-        costs = estimate_block_costs(cfg)
-        if len(costs) != num_blocks:
-            raise ConfigError(f"cost estimate has {len(costs)} blocks, the workload {num_blocks}")
-        ranges = balanced_stages(costs, cfg.devices)
+        from ..planner import cost_table_for
+        from ..simulate import pipeline_plan
+
+        # the simulator's own best one-replica-per-stage split of the run's cost table, so
+        # what runs is what `simulate` predicts
+        best = pipeline_plan(cost_table_for(cfg), cfg.devices, cfg.batch_size, inflight=cfg.inflight)
+        ranges = [(s.first, s.last) for s in best.stages]
     plan = Plan(tuple(Stage(a, b, 1) for a, b in ranges))
     plan.validate(num_blocks=num_blocks, devices=cfg.devices, batch_size=cfg.batch_size)
     return plan
