@@ -7,10 +7,12 @@ bandwidth and the interconnect is part of every number:
 
 - for each block ``i`` and each candidate per-replica batch ``b = ceil(B/g)``, ``g = 1..N``:
   teacher forward seconds and student train-step seconds (a fresh
-  :class:`~pipebd.distill.BlockTrainer`: forward + loss + backward + SGD step), the median of
-  ``--steps`` trials after ``--warmup`` untimed steps. Supernet students first run one step on
-  each choice index of every cell, so every candidate op is warm, then trials sample paths as
-  training does. CUDA events time the compute on GPU, ``perf_counter`` on CPU;
+  :class:`~pipebd.distill.BlockTrainer`: forward + loss + backward + SGD step). Each block is
+  first warmed (``--warmup`` untimed steps; supernet students also run one step on each choice
+  index of every cell, so every candidate op is warm); then ``--steps`` timed trials each run
+  the whole chain as a relay stage does (the teacher blocks on fresh activations, then every
+  student), reporting the median (the mean over sampled paths for supernets). CUDA events
+  time the compute on GPU, ``perf_counter`` on CPU;
 - peak memory of each (block, batch): on CUDA, ``torch.cuda.max_memory_allocated`` during the
   configuration minus what was resident before it, plus the block's parameters and its
   input/target activations; on CPU an *estimate* — parameters + momentum + gradients +
@@ -259,13 +261,14 @@ class _Profiler:
         except Exception as e:  # noqa: BLE001
             if not _is_oom(e):
                 raise
+        x0, chain = x, {}  # chain: block -> trainer, for the blocks feasible at this batch
         for i in range(self.n):
             dist.barrier()  # every rank starts each configuration together (contention included)
             if x is None:  # an earlier teacher block ran out of memory at this batch
                 self._infeasible(i, b)
                 continue
             try:
-                y, t_teacher = self._teacher(i, x)
+                y = self._teacher(i, x)
             except Exception as e:  # noqa: BLE001
                 if not _is_oom(e):
                     raise
@@ -273,10 +276,9 @@ class _Profiler:
                 x = None
                 self._free()
                 continue
-            self._row("teacher", block=i, batch=b, seconds=t_teacher)
             try:
-                t_student, mem, method = self._student(i, x, y)
-                self._row("student", block=i, batch=b, seconds=t_student)
+                trainer, mem, method = self._student(i, x, y)
+                chain[i] = trainer
                 self._row("memory", block=i, batch=b, bytes=mem, note=method)
             except Exception as e:  # noqa: BLE001
                 if not _is_oom(e):
@@ -285,6 +287,47 @@ class _Profiler:
                 self._row("memory", block=i, batch=b, feasible=0, note="out of memory")
                 self._free()
             x = y
+        if x0 is not None:
+            self._time_chain(b, x0, chain)
+
+    def _time_chain(self, b: int, x0: torch.Tensor, chain: dict[int, BlockTrainer]) -> None:
+        """Time teacher and student of every block the way a Pipe-BD stage executes them: per
+        trial, the teacher chain on fresh activations, then every student, all ranks at once.
+        (Timing each block in isolation on a reused input measured memory-bound teacher blocks
+        up to 1.5x slower than runs pay: caches and bandwidth contention differ.)
+        A supernet's step time depends on the sampled path, so it reports the mean over trials
+        (the expected cost a run pays); everything else reports the median.
+        """
+        t_times: dict[int, list[float]] = {i: [] for i in range(self.n)}
+        s_times: dict[int, list[float]] = {i: [] for i in chain}
+        start = max(1, self.opts.warmup)
+        for trial in range(self.opts.trials + 1):  # the first pass only warms the chain
+            dist.barrier()
+            acts = [x0]
+            for i in range(self.n):
+                with torch.no_grad():
+                    box = []
+                    t = self._time(lambda: box.append(self.teachers[i](acts[-1])))
+                acts.append(box[0])
+                if trial:
+                    t_times[i].append(t)
+            for i, tr in chain.items():
+                def step(k: int = start + trial) -> None:
+                    tr.begin(k)
+                    tr.accumulate(acts[i], acts[i + 1])
+                    tr.apply()
+
+                st = self._time(step)
+                if trial:
+                    s_times[i].append(st)
+            del acts
+        for i in range(self.n):
+            self._row("teacher", block=i, batch=b, seconds=statistics.median(t_times[i]))
+            if i in chain:
+                supernet = getattr(chain[i].block, "is_supernet", False)
+                central = statistics.mean if supernet else statistics.median
+                self._row("student", block=i, batch=b, seconds=central(s_times[i]))
+        chain.clear()
 
     def _infeasible(self, i: int, b: int) -> None:
         for kind in ("teacher", "student", "memory"):
@@ -297,14 +340,13 @@ class _Profiler:
             torch.cuda.empty_cache()
 
     @torch.no_grad()
-    def _teacher(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    def _teacher(self, i: int, x: torch.Tensor) -> torch.Tensor:
         blk = self.teachers[i]
         for _ in range(self.opts.warmup):
             blk(x)
-        times = [self._time(lambda: blk(x)) for _ in range(self.opts.trials)]
-        return blk(x), statistics.median(times)
+        return blk(x)
 
-    def _student(self, i: int, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, str]:
+    def _student(self, i: int, x: torch.Tensor, y: torch.Tensor) -> tuple[BlockTrainer, float, str]:
         cfg, block = self.cfg, self.students[i]
         if self.cuda:
             self._sync()
@@ -329,13 +371,6 @@ class _Profiler:
             trainer.apply()
         self.grad_bytes[i] = max(self.grad_bytes[i], int(statistics.mean(grad_bytes)))
 
-        def step(s: int) -> None:
-            trainer.begin(s)
-            trainer.accumulate(x, y)
-            trainer.apply()
-
-        start = max(1, self.opts.warmup)
-        times = [self._time(lambda s=s: step(start + s)) for s in range(self.opts.trials)]
         io_bytes = x.numel() * x.element_size() + y.numel() * y.element_size()
         params = _nbytes(self.teachers[i]) + _nbytes(block)
         if self.cuda:
@@ -345,8 +380,7 @@ class _Profiler:
         else:
             mem = _nbytes(self.teachers[i]) + 2 * _nbytes(block) + max(grad_bytes) + io_bytes + saved
             method = "cpu estimate: params+momentum+grads+io+saved activations"
-        del trainer
-        return statistics.median(times), float(mem), method
+        return trainer, float(mem), method
 
     def _relay(self) -> None:
         paired = self.rank < self.world - self.world % 2
