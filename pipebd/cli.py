@@ -43,6 +43,8 @@ def add_run_options(p: argparse.ArgumentParser, *, strategy: bool = True) -> Non
         g.add_argument("--strategy", "-s", default=d.strategy, help="strategy name (see `python -m pipebd verify --list`)")
     g.add_argument("--devices", "-n", type=int, default=d.devices, help="number of ranks (devices)")
     g.add_argument("--device", dest="device_type", default=d.device_type, choices=("cpu", "cuda"))
+    g.add_argument("--share-gpus", action="store_true",
+                   help="cuda: allow more ranks than GPUs (ranks share GPUs; gloo transport staged through the host)")
     g.add_argument("--batch-size", "-b", type=int, default=d.batch_size, help="global batch size")
     g.add_argument("--steps", type=int, default=d.steps, help="measured steps per block")
     g.add_argument("--warmup", type=int, default=d.warmup, help="untimed warm-up steps per block (trained too)")

@@ -33,12 +33,31 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 __all__ = [
     "backend_for", "threads_per_rank", "init_process_group", "relay_shapes", "send", "recv_into",
-    "TensorMeta", "exchange_meta", "row_ranges", "row_overlaps", "Piece", "Inbox", "Outbox", "allreduce_sum_",
+    "TensorMeta", "exchange_meta", "set_host_staging", "transport_device", "row_ranges", "row_overlaps", "Piece", "Inbox", "Outbox", "allreduce_sum_",
 ]
 
 
-def backend_for(device_type: str) -> str:
-    return "nccl" if device_type == "cuda" else "gloo"
+def backend_for(device_type: str, *, share_gpus: bool = False) -> str:
+    """NCCL when every rank has its own GPU; gloo on CPU and for ranks sharing GPUs."""
+    return "nccl" if device_type == "cuda" and not share_gpus else "gloo"
+
+
+_HOST_STAGED = False
+
+
+def set_host_staging(enabled: bool) -> None:
+    """Stage point-to-point traffic through host memory (gloo cannot send CUDA tensors).
+
+    Used when ranks outnumber GPUs and share them (``--share-gpus``): compute stays on the
+    GPU, relays and collectives copy to the host, travel over gloo, and copy back.
+    """
+    global _HOST_STAGED
+    _HOST_STAGED = enabled
+
+
+def transport_device(device: torch.device) -> torch.device:
+    """Where tensors must live to travel: the host when staging, else the compute device."""
+    return torch.device("cpu") if _HOST_STAGED else device
 
 
 def threads_per_rank(local_world_size: int, requested: int | None = None) -> int:
@@ -113,6 +132,7 @@ def exchange_meta(sends: Mapping[int, TensorMeta], recvs: Iterable[int], *,
     chain of stages resolves front to back). Peers are visited in rank order on both sides,
     so lazily created NCCL pair communicators never wait on each other in a cycle.
     """
+    device = transport_device(device)
     got: dict[int, TensorMeta] = {}
     for src in sorted(set(recvs)):
         r = torch.zeros(_META_SLOTS, dtype=torch.int64, device=device)
@@ -134,6 +154,7 @@ def relay_shapes(shape: tuple[int, ...] | None, *, src: int | None, dst: int | N
 
     A chain handshake (sends are posted first, so every rank of a chain may call it at once).
     """
+    device = transport_device(device)
     incoming = None
     work = keep = None
     if dst is not None:
@@ -214,7 +235,8 @@ class Inbox:
         self.pieces = list(pieces)
         self.depth = depth
         self.group = group
-        self.buffers = [torch.empty(shape, dtype=dtype, device=device) for _ in range(depth)]
+        self.device = device
+        self.buffers = [torch.empty(shape, dtype=dtype, device=transport_device(device)) for _ in range(depth)]
         self._pending: dict[int, list[dist.Work]] = {}
 
     def post(self, step: int) -> None:
@@ -235,7 +257,7 @@ class Inbox:
             self.post(step)
         for w in self._pending.pop(step):
             w.wait()
-        return self.buffers[step % self.depth]
+        return self.buffers[step % self.depth].to(self.device)  # a copy only when host-staged
 
     @property
     def pending(self) -> list[int]:
@@ -261,7 +283,7 @@ class Outbox:
         """Send ``tensor``'s pieces of ``step``; first wait for the oldest step if ``depth`` are in flight."""
         while len(self._inflight) >= self.depth:
             self._wait_oldest()
-        tensor = tensor.contiguous()
+        tensor = tensor.to(transport_device(tensor.device)).contiguous()
         works = [send(tensor[p.lo:p.hi], p.peer, group=self.group, tag=_tag(step)) for p in self.pieces]
         self._inflight.append((step, tensor, works))
 
@@ -285,6 +307,7 @@ def allreduce_sum_(tensors: Sequence[torch.Tensor], *, group=None) -> None:
     if not tensors:
         return
     flat = _flatten_dense_tensors(list(tensors))
+    flat = flat.to(transport_device(flat.device))
     dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
     for t, r in zip(tensors, _unflatten_dense_tensors(flat, list(tensors))):
         t.copy_(r)

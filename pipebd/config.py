@@ -58,6 +58,7 @@ class RunConfig:
     profile: str | None = None  # a profile CSV reused by planners
     # run control
     threads: int | None = None  # threads per rank; default cores // ranks
+    share_gpus: bool = False  # cuda: more ranks than GPUs, host-staged gloo transport
     timeout: float = 60.0  # seconds any collective / p2p op may wait
     out: str = "results"
     tag: str = ""  # free text recorded in runs.csv (experiment name etc.)
@@ -114,10 +115,11 @@ def validate(cfg: RunConfig) -> None:
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda asked for, but CUDA is not available here; use --device cpu")
         local = int(os.environ.get("LOCAL_WORLD_SIZE", cfg.devices))
-        if torch.cuda.device_count() < local:
+        if torch.cuda.device_count() < local and not cfg.share_gpus:
             raise ConfigError(
                 f"--device cuda with {local} ranks on this host needs {local} GPUs, found "
-                f"{torch.cuda.device_count()}; lower --devices"
+                f"{torch.cuda.device_count()}; lower --devices, or pass --share-gpus to let ranks share GPUs "
+                "(gloo transport staged through host memory)"
             )
     if cfg.teacher_weights is not None and not os.path.isfile(cfg.teacher_weights):
         raise ConfigError(f"--teacher-weights {cfg.teacher_weights!r} does not exist; pass the path of a file saved "

@@ -47,6 +47,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.multiprocessing.spawn import ProcessException
 
+from .comm import allreduce_sum_, transport_device
 from .runner import init_rank
 from .config import ConfigError, RunConfig, data_config, validate, workload_options
 from .data import DataSource
@@ -391,7 +392,7 @@ class _Profiler:
                 dist.barrier()
                 if self.world < 2 or not paired:
                     continue
-                buf = torch.zeros((b, *shape), device=self.device)
+                buf = torch.zeros((b, *shape), device=transport_device(self.device))
 
                 def pingpong() -> None:
                     if self.rank % 2 == 0:
@@ -417,8 +418,8 @@ class _Profiler:
                 if self.rank >= g:
                     continue
                 buf = torch.ones(numel, device=self.device)
-                dist.all_reduce(buf, group=groups[g])
-                times = [self._wall(lambda: dist.all_reduce(buf, group=groups[g]))
+                allreduce_sum_([buf], group=groups[g])  # as runs reduce (staged through the host if sharing GPUs)
+                times = [self._wall(lambda: allreduce_sum_([buf], group=groups[g]))
                          for _ in range(self.opts.comm_trials)]
                 self._row("allreduce", block=i, group=g, seconds=statistics.median(times), bytes=numel * 4)
 

@@ -50,7 +50,7 @@ import torch.multiprocessing as mp
 
 from . import metrics
 from .checkpoint import Checkpointer, set_rng_state
-from .comm import backend_for, init_process_group, threads_per_rank
+from .comm import backend_for, init_process_group, set_host_staging, threads_per_rank
 from .config import ConfigError, RunConfig, data_config, validate, workload_num_blocks, workload_options
 from .data import DataSource
 from .executors import RankContext, get_strategy, import_plugins
@@ -309,12 +309,15 @@ def init_rank(cfg: RunConfig, rank: int, *, store: dist.Store | None, local_worl
     local_world = local_world_size or int(os.environ.get("LOCAL_WORLD_SIZE", cfg.devices))
     torch.set_num_threads(threads_per_rank(local_world, cfg.threads))
     if cfg.device_type == "cuda":
-        device = torch.device("cuda", local_rank)
+        # --share-gpus: more ranks than GPUs; ranks take GPUs round-robin and talk over gloo
+        device = torch.device("cuda", local_rank % torch.cuda.device_count() if cfg.share_gpus else local_rank)
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    init_process_group(backend=backend_for(cfg.device_type), rank=rank, world_size=cfg.devices, timeout_s=cfg.timeout,
-                       store=store, device=device)
+    set_host_staging(cfg.device_type == "cuda" and cfg.share_gpus)
+    backend = backend_for(cfg.device_type, share_gpus=cfg.share_gpus)
+    init_process_group(backend=backend, rank=rank, world_size=cfg.devices, timeout_s=cfg.timeout, store=store,
+                       device=device if backend == "nccl" else None)
     return device
 
 

@@ -36,7 +36,8 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
-from ..comm import Inbox, Outbox, Piece, TensorMeta, allreduce_sum_, exchange_meta, row_overlaps, row_ranges
+from ..comm import (Inbox, Outbox, Piece, TensorMeta, allreduce_sum_, exchange_meta, row_overlaps, row_ranges,
+                    transport_device)
 from ..config import ConfigError, RunConfig
 from ..distill import BlockTrainer, teacher_forward
 from ..plan import Plan, Stage
@@ -210,7 +211,7 @@ class RelayPipeline:
         local = min(t.step_count for t in self.trainers.values())
         if self.ctx.world_size == 1:
             return local
-        t = torch.tensor([local], dtype=torch.int64, device=self.ctx.device)
+        t = torch.tensor([local], dtype=torch.int64, device=transport_device(self.ctx.device))
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return int(t.item())
 
