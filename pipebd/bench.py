@@ -51,6 +51,27 @@ class BenchResult:
     ideal_note: str
     seconds: float
     repeats: int
+    predicted: dict[str, float] = field(default_factory=dict)  # simulator's epoch time per strategy
+
+
+def predictions(costs, cfg: RunConfig, strategies, epoch_samples: int, plans: dict[str, str]) -> dict[str, float]:
+    """The simulator's epoch time of each strategy for the layouts that actually ran (simulator
+    validation, issue: every ratio within ±20 % and the same ranking as measured)."""
+    from .plan import parse_plan
+    from .simulate import predict_ahd, predict_all
+
+    steps = max(1, epoch_samples // cfg.batch_size)
+    out = {}
+    for s in strategies:
+        try:
+            if s == "ahd" and plans.get("ahd"):
+                p = predict_ahd(costs, parse_plan(plans["ahd"]), cfg.batch_size, steps, inflight=cfg.inflight)
+            else:
+                (p,) = predict_all(costs, cfg.devices, cfg.batch_size, steps, inflight=cfg.inflight, strategies=[s])
+            out[s] = p.epoch_s
+        except Exception:  # noqa: BLE001 — a strategy the model does not know is left unpredicted
+            continue
+    return out
 
 
 def _is_nas(cfg: RunConfig) -> bool:
@@ -93,7 +114,10 @@ def bench(cfg: RunConfig, strategies: tuple[str, ...] = BENCH_STRATEGIES, *, rep
     ideal_epoch = per_sample * samples if per_sample is not None and samples else None
     if per_sample is not None:
         fill_ideal(os.path.join(cfg.out, "runs.csv"), {ideal_key(cfg): per_sample})
-    return BenchResult(cfg, rows, ideal_epoch, note, time.perf_counter() - t0, repeats)
+    predicted = {}
+    if costs is not None and samples:
+        predicted = predictions(costs, cfg, strategies, samples, {k: r.plan for k, r in rows.items()})
+    return BenchResult(cfg, rows, ideal_epoch, note, time.perf_counter() - t0, repeats, predicted)
 
 
 def format_table(result: BenchResult) -> str:
@@ -122,6 +146,18 @@ def format_table(result: BenchResult) -> str:
     else:
         lines.append(f"{'ideal':<10}{'n/a':>11}  {result.ideal_note}")
     lines.append(f"speedup = median dp epoch / median epoch; eff. = ideal / median epoch; rows in {cfg.out}/runs.csv")
+    measured = {k: r.median for k, r in result.rows.items() if r.median is not None and k in result.predicted}
+    if measured:
+        lines.append("")
+        lines.append(f"simulator validation (profile-based prediction vs measured median):")
+        lines.append(f"{'strategy':<10}{'predicted s':>13}{'measured s':>12}{'ratio':>8}")
+        for k, m in measured.items():
+            lines.append(f"{k:<10}{result.predicted[k]:>13.1f}{m:>12.1f}{result.predicted[k] / m:>8.2f}")
+        by_pred = sorted(measured, key=lambda k: result.predicted[k])
+        by_meas = sorted(measured, key=lambda k: measured[k])
+        worst = max(abs(result.predicted[k] / m - 1) for k, m in measured.items())
+        lines.append(f"ranking {'matches' if by_pred == by_meas else 'differs'} (predicted: {' < '.join(by_pred)}; "
+                     f"measured: {' < '.join(by_meas)}); worst ratio off by {worst:.0%}")
     return "\n".join(lines)
 
 
