@@ -11,19 +11,13 @@ import pytest
 
 from pipebd.config import ConfigError, RunConfig, validate
 from pipebd.executors import get_strategy
-from pipebd.verify import verify_strategy
-
-_REFERENCES: dict[tuple, dict] = {}
+from tests.helpers import assert_keeps_math
 
 TINY = RunConfig(workload="tiny", strategy="ahd", batch_size=8, steps=3, warmup=1, threads=1, timeout=60)
 
 
 def _verify(tmp_path, cfg: RunConfig):
-    key = (cfg.workload, cfg.batch_size, cfg.steps, cfg.warmup, cfg.resolution, cfg.threads)
-    res = verify_strategy(cfg, workdir=str(tmp_path), reference_cache=_REFERENCES.setdefault(key, {}))
-    assert res.ok, res.detail
-    assert res.paths_equal
-    return res
+    return assert_keeps_math(cfg, str(tmp_path))
 
 
 @pytest.mark.parametrize("plan,devices", [

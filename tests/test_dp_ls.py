@@ -17,10 +17,9 @@ from baselines.dp import DataParallel
 from baselines.ls import LayerWise, format_ls_map, lpt_assign, parse_ls_map
 from pipebd.config import ConfigError, RunConfig, validate
 from pipebd.planner import cost_table_for
-from pipebd.verify import verify_strategy
+from tests.helpers import assert_keeps_math
 
 BATCH = 10
-_REFS: dict[str, dict] = {}  # workload -> verify's reference cache (it is keyed by shards only)
 
 
 def _cfg(workload: str, strategy: str, devices: int, tmp, **kw) -> RunConfig:
@@ -29,11 +28,7 @@ def _cfg(workload: str, strategy: str, devices: int, tmp, **kw) -> RunConfig:
 
 
 def _verify(cfg: RunConfig, workdir: str):
-    res = verify_strategy(cfg, workdir=workdir, reference_cache=_REFS.setdefault(cfg.workload, {}))
-    assert res.ok, f"{cfg.strategy} x{cfg.devices} on {cfg.workload}: {res.detail}"
-    assert res.paths_equal
-    assert res.max_rel_error <= 1e-5
-    return res
+    return assert_keeps_math(cfg, workdir)
 
 
 # ---- equivalence with the sequential reference (spawns ranks) ---------------------------------------------------

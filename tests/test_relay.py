@@ -20,19 +20,13 @@ import pytest
 from pipebd.comm import row_overlaps, row_ranges
 from pipebd.config import ConfigError, RunConfig, validate
 from pipebd.executors.relay import parse_stages
-from pipebd.verify import verify_strategy
+from tests.helpers import assert_keeps_math
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-_REFERENCES: dict[tuple, dict] = {}
-
 
 def _verify(tmp_path, cfg: RunConfig):
-    key = (cfg.workload, cfg.batch_size, cfg.steps, cfg.warmup, cfg.resolution, cfg.threads)
-    res = verify_strategy(cfg, workdir=str(tmp_path), reference_cache=_REFERENCES.setdefault(key, {}))
-    assert res.ok, res.detail
-    assert res.paths_equal
-    return res
+    return assert_keeps_math(cfg, str(tmp_path))
 
 
 TINY = RunConfig(workload="tiny", batch_size=8, steps=3, warmup=1, threads=1, timeout=60)
