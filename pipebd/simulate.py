@@ -751,40 +751,28 @@ ESTIMATE_SPECS = {
 
 
 def estimate_cost_table(cfg, *, devices: int | None = None, spec: EstimateSpec | None = None) -> CostTable:
-    """A :class:`CostTable` from FLOP counts (:func:`pipebd.costs.estimate_block_costs`) and sizes.
+    """A :class:`CostTable` from FLOP counts and sizes (:func:`pipebd.costs.block_facts`).
 
-    Student train FLOPs = the estimate's teacher + 3× student forward minus the teacher part;
+    Student train FLOPs = 3× its forward FLOPs;
     seconds = FLOPs × rows / ``spec.flops_per_s`` + a fixed per-call overhead; relays and
     all-reduces from activation and parameter bytes. Good enough to rank layouts before a
     profile exists; absolute times are not meaningful.
     """
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from .costs import estimate_block_costs
-    from .zoo import WorkloadOptions, build_workload
+    from .costs import block_facts
+    from .zoo import canonical_name
 
     spec = spec or ESTIMATE_SPECS.get(cfg.device_type, ESTIMATE_SPECS["cpu"])
     devices = devices or cfg.devices
-    combined = estimate_block_costs(cfg)
-    with torch.device("meta"):
-        wl = build_workload(cfg.workload, WorkloadOptions(resolution=cfg.resolution, width_mult=cfg.width_mult,
-                                                          num_classes=cfg.num_classes), probe=False)
-        x = torch.zeros((1, *wl.input_shape))
-        t_flops, act, t_bytes, s_bytes = [], [float(x.numel() * 4)], [], []
-        for t, s in zip(wl.teacher, wl.student):
-            with FlopCounterMode(display=False) as fc, torch.no_grad():
-                y = t(x)
-            t_flops.append(float(fc.get_total_flops()))
-            act.append(float(y.numel() * 4))
-            t_bytes.append(float(sum(p.numel() for p in t.parameters()) * 4))
-            s_bytes.append(float(sum(p.numel() for p in s.parameters()) * 4))
-            x = y
+    facts = block_facts(cfg.workload, cfg.resolution, cfg.width_mult, cfg.num_classes)
+    t_flops = [f.teacher_flops for f in facts]
+    act = [float(math.prod(facts[0].in_shape) * 4)] + [float(math.prod(f.out_shape) * 4) for f in facts]
+    t_bytes = [float(f.teacher_params * 4) for f in facts]
+    s_bytes = [float(f.student_params * 4) for f in facts]
     n = len(t_flops)
     batches = candidate_batches(cfg.batch_size, devices)
     teacher, student, relay, allreduce = [], [], [], []
     for i in range(n):
-        s_flops = max(combined[i] - t_flops[i], 0.0)
+        s_flops = 3 * facts[i].student_flops  # forward + backward
         teacher.append({b: spec.overhead_s + t_flops[i] * b / spec.flops_per_s for b in batches})
         student.append({b: 3 * spec.overhead_s + s_flops * b / spec.flops_per_s for b in batches})
         relay.append({} if i == 0 else {b: spec.latency_s + act[i] * b / spec.p2p_bytes_per_s for b in batches})
@@ -793,8 +781,8 @@ def estimate_cost_table(cfg, *, devices: int | None = None, spec: EstimateSpec |
     return CostTable(num_blocks=n, teacher=teacher, student=student, data_per_sample=spec.data_per_sample_s,
                      relay=relay, allreduce=allreduce, static_memory=[t_bytes[i] + 2 * s_bytes[i] for i in range(n)],
                      activation_bytes=act, barrier={g: spec.latency_s * math.log2(g) for g in range(2, devices + 1)},
-                     workload=wl.name, device_type=cfg.device_type, devices=devices, batch_size=cfg.batch_size,
-                     source="estimate")
+                     workload=canonical_name(cfg.workload), device_type=cfg.device_type, devices=devices,
+                     batch_size=cfg.batch_size, source="estimate")
 
 
 def random_cost_table(seed: int, num_blocks: int, devices: int, batch_size: int, *,

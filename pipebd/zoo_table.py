@@ -4,42 +4,21 @@ activation shape at each block boundary."""
 
 from __future__ import annotations
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
-from .zoo import WorkloadOptions, build_workload, canonical_name, workload_names
-from .zoo.layers import sample_path
+from .costs import block_facts
+from .zoo import canonical_name, workload_names
 
 __all__ = ["zoo_rows", "print_zoo"]
 
 
-def _flops(module: torch.nn.Module, x: torch.Tensor) -> int:
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        module(x)
-    return fc.get_total_flops()
-
-
-def _params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def zoo_rows(names: list[str] | None = None, *, resolution: int | None = None) -> list[dict]:
-    """One row per (workload, block); FLOPs are per sample, supernet FLOPs for path 0."""
+    """One row per (workload, block); FLOPs are per sample, supernet FLOPs for one sampled path."""
     rows = []
     for name in names or workload_names():
-        wl = build_workload(canonical_name(name), WorkloadOptions(resolution=resolution))
-        x = torch.zeros((1, *wl.input_shape))
-        for i, (t, s) in enumerate(zip(wl.teacher, wl.student)):
-            s.eval()
-            path = sample_path(s, seed=0, block_index=i, step=0)
-            if path is not None:
-                s.set_path(path)
-            y = t(x)
-            rows.append({"workload": wl.name, "block": i, "in_shape": tuple(x.shape[1:]), "out_shape": tuple(y.shape[1:]),
-                         "teacher_params": _params(t), "student_params": _params(s),
-                         "teacher_mflops": _flops(t, x) / 1e6, "student_mflops": _flops(s, x) / 1e6,
-                         "default_dataset": wl.default_dataset})
-            x = y
+        canon = canonical_name(name)
+        for i, f in enumerate(block_facts(canon, resolution)):
+            rows.append({"workload": canon, "block": i, "in_shape": f.in_shape, "out_shape": f.out_shape,
+                         "teacher_params": f.teacher_params, "student_params": f.student_params,
+                         "teacher_mflops": f.teacher_flops / 1e6, "student_mflops": f.student_flops / 1e6})
     return rows
 
 
