@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 
 from .config import ConfigError, RunConfig
@@ -33,6 +34,9 @@ def add_run_options(p: argparse.ArgumentParser, *, strategy: bool = True) -> Non
                    help="state dict of the full teacher (torch.save(model.state_dict())); random init if absent")
     g.add_argument("--no-student-bn", dest="student_bn", action="store_false",
                    help="tiny only: a BatchNorm-free student")
+    g.add_argument("--no-nas-zero", dest="nas_zero", action="store_false",
+                   help="nas-*: no Zero (skip) choice in the supernet (the paper has one on every cell but the first "
+                        "of each stage)")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=d.data, help="synthetic (default), cifar10 or imagenet")
     g.add_argument("--data-root", default=None, help="dataset directory for cifar10 / imagenet")
@@ -58,6 +62,9 @@ def add_run_options(p: argparse.ArgumentParser, *, strategy: bool = True) -> Non
     g.add_argument("--plan", default=None, help="ahd: a plan string as printed by `python -m pipebd plan`")
     g.add_argument("--inflight", type=int, default=d.inflight, help="tr-dpu/ahd: batches in flight per link")
     g.add_argument("--profile", default=None, metavar="CSV", help="reuse a profile written by `python -m pipebd profile`")
+    g.add_argument("--memory-limit", type=parse_bytes, default=None, metavar="BYTES",
+                   help="memory per device the planner may use, e.g. 70GiB or 8e9 (cuda default: the device's "
+                        "total minus a margin; cpu: unlimited)")
     g = p.add_argument_group("run control")
     g.add_argument("--threads", type=int, default=None, help="threads per rank (default: cores ÷ ranks)")
     g.add_argument("--timeout", type=float, default=d.timeout, help="seconds any communication may wait")
@@ -75,6 +82,22 @@ def add_run_options(p: argparse.ArgumentParser, *, strategy: bool = True) -> Non
                    help="save a checkpoint after every K training steps of each rank (0: never)")
     g.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint every rank has in --checkpoint-dir")
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20,
+          "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str) -> float:
+    """``"70GiB"``, ``"512MB"``, ``"8e9"`` -> bytes (argparse type; a bad value is a usage error)."""
+    m = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 70GiB, 512MB or 8e9 (bytes)")
+    value = float(m.group(1)) * _UNITS[unit]
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"a memory limit must be > 0, got {text!r}")
+    return value
 
 
 def config_from_args(args: argparse.Namespace, **override) -> RunConfig:

@@ -40,6 +40,8 @@ class RunConfig:
     num_classes: int | None = None
     teacher_weights: str | None = None
     student_bn: bool = True
+    # NAS search space: a Zero (skip) choice on every cell but the first of each stage, as the paper
+    nas_zero: bool = True
     # data
     data: str = "synthetic"
     data_root: str | None = None
@@ -56,6 +58,7 @@ class RunConfig:
     plan: str | None = None  # ahd
     inflight: int = 2  # tr-dpu / ahd: batches in flight per link
     profile: str | None = None  # a profile CSV reused by planners
+    memory_limit: float | None = None  # bytes per device the planner may use (None: cuda total - margin, cpu unlimited)
     # run control
     threads: int | None = None  # threads per rank; default cores // ranks
     share_gpus: bool = False  # cuda: more ranks than GPUs, host-staged gloo transport
