@@ -1,51 +1,46 @@
-"""Measurements: per-rank timing events, and the one place the CSV schemas live (DESIGN.md §4).
+"""Measurements: the one place the CSV schemas live, and how a run's figures are derived (DESIGN.md §4).
 
-Each rank owns a :class:`Recorder`. A strategy wraps its work in ``recorder.span(phase, block,
-step)`` (phases: :data:`PHASES`) and brackets the timed part of its run with
-``recorder.measure()`` windows; warm-up steps run outside any window and are excluded. The
+Each rank's :class:`pipebd.recorder.Recorder` times its spans inside measurement windows; the
 runner gathers every rank's :class:`RankReport` on rank 0 and turns them into rows:
 
 - ``runs.csv``   one row per run (:data:`RUN_COLUMNS`),
 - ``ranks.csv``  one row per rank and phase (:data:`RANK_COLUMNS`),
 - ``events.csv`` one row per timed event (:data:`EVENT_COLUMNS`), plus a Chrome trace.
 
+Epoch time (:func:`summarise`): for each measurement window, ``T`` is the slowest rank's window
+time over ``S`` measured steps. A window that is not pipelined costs ``T / S`` per step. A
+*pipelined* window (teacher relaying: steps overlap across ranks) starts with the pipeline's
+fill and ends with its drain, which an epoch pays once: its steady-state period ``p`` is taken
+from the steps after the first (per rank, the time between the first and the last measured
+step's completion over ``S - 1`` steps; the slowest rank's), its fill and drain is ``T - S·p``,
+and an epoch of ``E`` steps costs ``(T - S·p) + E·p``. A run's epoch time is the sum over its
+windows (``dp`` has one per block) — the same definition the cost model uses for predictions.
+
 Rows are appended atomically (a lock, then write-to-temp and rename), so concurrent writers
 never interleave and a reader never sees half a table. Column meanings: results/README.md.
-
-On CUDA a :class:`NvmlSampler` thread reads NVML's GPU utilisation (``torch.cuda.utilization``,
-which needs ``nvidia-ml-py``) every ~75 ms while a measurement window is open; on CPU nothing
-is sampled and peak memory is the process's peak RSS. :func:`with_ideal` fills the
-ideal-time / efficiency columns of a run row, :func:`load_results` reads a results directory
-back (the plots use it). This module imports torch lazily, so CSV readers such as ``plots/``
-can import it without paying for (or needing) torch.
+:func:`with_ideal` fills the ideal-time / efficiency columns of a run row, :func:`load_results`
+reads a results directory back (the plots use it). This module does not import torch, so CSV
+readers such as ``plots/`` can import it without paying for (or needing) torch.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
 import math
 import os
-import resource
 import sys
 import tempfile
-import threading
-import time
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
 
-if TYPE_CHECKING:  # torch is imported lazily: plots read CSVs through this module without it
-    import torch
-
 __all__ = [
     "atomic_write_text",
-    "PHASES", "BUSY_PHASES", "RUN_COLUMNS", "RANK_COLUMNS", "EVENT_COLUMNS", "Recorder", "RankReport",
-    "NvmlSampler", "append_rows", "rank_rows", "event_rows", "write_trace", "summarise", "with_ideal",
+    "PHASES", "BUSY_PHASES", "RUN_COLUMNS", "RANK_COLUMNS", "EVENT_COLUMNS", "RankReport", "append_rows",
+    "rank_rows", "event_rows", "write_trace", "summarise", "window_period", "epoch_time", "with_ideal",
     "load_results",
 ]
 
@@ -61,7 +56,7 @@ RUN_COLUMNS = [
     "batch_size", "steps_measured", "warmup_steps", "measured_time_s", "throughput_sps", "epoch_samples",
     "epoch_time_s", "ideal_epoch_time_s", "efficiency", "mean_utilisation", "max_peak_memory_mb", "plan",
     "resolution", "width_mult", "data", "seed", "threads_per_rank", "git_commit", "torch_version", "hostname",
-    "mean_nvml_utilisation",
+    "mean_nvml_utilisation", "steady_period_s", "fill_drain_s", "load_avg_start", "load_avg_end",
 ]
 RANK_COLUMNS = ["run_id", "workload", "strategy", "devices", "rank", "phase", "seconds", "fraction", "wall_s",
                 "utilisation", "peak_memory_mb", "nvml_utilisation"]
@@ -81,202 +76,6 @@ class RankReport:
     extra: dict = field(default_factory=dict)
     #: ``time.time()`` at the instant the rank's clock (event times) read 0; aligns ranks' clocks
     t0_unix: float | None = None
-
-
-_NVML_NOTED = False
-
-
-def _nvml_note(rank: int, why: BaseException) -> None:
-    """Say once per process that NVML utilisation is not recorded, and why."""
-    global _NVML_NOTED
-    if _NVML_NOTED:
-        return
-    _NVML_NOTED = True
-    msg = (f"NVML utilisation is not recorded (nvml_utilisation left empty): {type(why).__name__}: {why}. "
-           "Install nvidia-ml-py to record it.")
-    if rank == 0:
-        print(f"[pipebd] note: {msg}", file=sys.stderr)
-    log.info(msg)
-
-
-def nvml_reader(device: "torch.device", rank: int = 0) -> Callable[[], float] | None:
-    """A function returning the device's NVML utilisation as a fraction, or ``None`` (with a
-    one-time note) when NVML cannot be read here (no ``nvidia-ml-py``, no driver, not CUDA)."""
-    if device is None or device.type != "cuda":
-        return None
-    import torch
-
-    def read() -> float:
-        return torch.cuda.utilization(device) / 100.0
-
-    try:
-        read()
-    except Exception as e:  # noqa: BLE001 — any NVML failure only disables the sampler
-        _nvml_note(rank, e)
-        return None
-    return read
-
-
-class NvmlSampler:
-    """Background thread reading a utilisation counter every ``interval_s`` while ``active()``.
-
-    Only samples taken while a measurement window is open count, so the mean is a
-    time-weighted mean over the measured windows. A window shorter than the interval gets
-    one sample when it closes (:meth:`window_closed`), so every window is represented.
-    The thread is a daemon and never touches the CUDA stream; a read that fails stops it.
-    """
-
-    def __init__(self, read: Callable[[], float], active: Callable[[], bool], *, interval_s: float = 0.075,
-                 rank: int = 0):
-        if not 0 < interval_s <= 1.0:
-            raise ValueError(f"interval_s must be in (0, 1] seconds, got {interval_s}")
-        self.read = read
-        self.active = active
-        self.interval_s = interval_s
-        self.rank = rank
-        self.samples: list[float] = []
-        self._in_window = 0  # samples taken in the currently open window
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.failed = False
-
-    def start(self) -> None:
-        if self._thread is None and not self.failed:
-            self._thread = threading.Thread(target=self._loop, name=f"pipebd-nvml-{self.rank}", daemon=True)
-            self._thread.start()
-
-    def _take(self) -> None:
-        try:
-            v = float(self.read())
-        except Exception as e:  # noqa: BLE001
-            self.failed = True
-            self._stop.set()
-            _nvml_note(self.rank, e)
-            return
-        with self._lock:
-            self.samples.append(v)
-            self._in_window += 1
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            if self.active():
-                self._take()
-
-    def window_opened(self) -> None:
-        with self._lock:
-            self._in_window = 0
-
-    def window_closed(self) -> None:
-        if not self.failed and self._in_window == 0:
-            self._take()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2 * self.interval_s + 1.0)
-            self._thread = None
-
-    def mean(self) -> float | None:
-        with self._lock:
-            return sum(self.samples) / len(self.samples) if self.samples else None
-
-
-class Recorder:
-    """Times the phases of one rank; ``span`` and ``measure`` are cheap context managers.
-
-    On CUDA every timestamp synchronises the device (so a span covers its kernels), and an
-    :class:`NvmlSampler` runs while windows are open (``nvml=False`` turns it off).
-    """
-
-    def __init__(self, rank: int, device: "torch.device | None" = None, *, nvml: bool = True,
-                 nvml_interval_s: float = 0.075):
-        self.rank = rank
-        self.cuda = device is not None and device.type == "cuda"
-        self.device = device
-        self.events: list[tuple[str, int, int, float, float]] = []
-        self.windows: list[tuple[float, float]] = []
-        self._measuring = False
-        self.plan = ""
-        self._torch = None
-        self._sampler: NvmlSampler | None = None
-        if self.cuda:
-            import torch
-
-            self._torch = torch
-            torch.cuda.reset_peak_memory_stats(device)
-            read = nvml_reader(device, rank) if nvml else None
-            if read is not None:
-                self._sampler = NvmlSampler(read, lambda: self._measuring, interval_s=nvml_interval_s, rank=rank)
-        self._t0_unix = time.time()
-        self._t0 = time.perf_counter()
-
-    def _now(self) -> float:
-        if self.cuda:
-            self._torch.cuda.synchronize(self.device)
-        return time.perf_counter() - self._t0
-
-    @contextlib.contextmanager
-    def span(self, phase: str, block: int = -1, step: int = -1):
-        if not self._measuring:
-            yield
-            return
-        start = self._now()
-        try:
-            yield
-        finally:
-            self.events.append((phase, block, step, start, self._now()))
-
-    def start_window(self) -> None:
-        """Open a timed window; a run's measured wall time is the sum of its windows."""
-        if self._measuring:
-            raise RuntimeError("a measurement window is already open")
-        self._window_start = self._now()
-        if self._sampler is not None:
-            self._sampler.window_opened()
-            self._sampler.start()
-        self._measuring = True
-
-    def stop_window(self) -> None:
-        if self._measuring:
-            self._measuring = False
-            self.windows.append((self._window_start, self._now()))
-            if self._sampler is not None:
-                self._sampler.window_closed()
-
-    @contextlib.contextmanager
-    def measure(self):
-        """``with recorder.measure():`` — a timed window around the block."""
-        self.start_window()
-        try:
-            yield
-        finally:
-            self.stop_window()
-
-    @property
-    def measuring(self) -> bool:
-        return self._measuring
-
-    def close(self) -> None:
-        """Stop the NVML sampler thread (idempotent; :meth:`report` calls it)."""
-        if self._sampler is not None:
-            self._sampler.stop()
-
-    def report(self) -> RankReport:
-        self.close()
-        return RankReport(rank=self.rank, wall_s=sum(e - s for s, e in self.windows), events=list(self.events),
-                          peak_memory_mb=peak_memory_mb(self.device),
-                          nvml_utilisation=self._sampler.mean() if self._sampler is not None else None,
-                          plan=self.plan, extra={"windows": list(self.windows)}, t0_unix=self._t0_unix)
-
-
-def peak_memory_mb(device: "torch.device | None") -> float:
-    """``max_memory_allocated`` on CUDA; the process's peak RSS on CPU (MiB)."""
-    if device is not None and device.type == "cuda":
-        import torch
-
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def phase_seconds(report: RankReport) -> dict[str, float]:
@@ -329,14 +128,72 @@ def event_rows(run_id: str, reports: list[RankReport]) -> list[dict]:
             for r in reports for (p, b, s, st, en) in r.events]
 
 
+def _windows(report: RankReport) -> list[tuple[float, float, bool, list[tuple]]]:
+    """``(start, end, pipelined, events)`` of each measurement window of ``report``."""
+    wins = report.extra.get("windows") or [(0.0, report.wall_s)]
+    piped = list(report.extra.get("pipelined") or []) + [False] * len(wins)
+    out = []
+    for k, (s, e) in enumerate(wins):
+        evs = [ev for ev in report.events if s <= ev[3] <= e]
+        out.append((s, e, bool(piped[k]), evs))
+    return out
+
+
+def window_period(events: list[tuple], start: float, end: float, *, pipelined: bool) -> tuple[float, int]:
+    """``(steady-state seconds per step, measured steps)`` of one rank's window.
+
+    Steps are the distinct step indices of the window's events. Not pipelined: the window's
+    time over its steps. Pipelined: the time from the first measured step's completion (the
+    end of its last event) to the last one's, over the steps between them, so the fill before
+    the first completion and the drain after the last are left out; with fewer than two
+    steps there is nothing to separate and the window's time per step is returned.
+    """
+    finish: dict[int, float] = {}
+    for _p, _b, step, _st, en in events:
+        if step >= 0:
+            finish[step] = max(finish.get(step, -math.inf), en)
+    steps = len(finish)
+    if steps == 0:
+        return end - start, 0
+    ks = sorted(finish)
+    if not pipelined or len(ks) < 2:
+        return (end - start) / steps, steps
+    return (finish[ks[-1]] - finish[ks[0]]) / (ks[-1] - ks[0]), steps
+
+
+def epoch_time(windows: list[tuple[float, float, int]], epoch_steps: int) -> tuple[float, float, float]:
+    """``(epoch seconds, steady period, fill and drain)`` from ``(window seconds T, period p,
+    steps S)`` per window: each window's fill and drain ``T - S·p`` once, plus ``E·p``."""
+    period = sum(p for _t, p, _s in windows)
+    fill = sum(t - s * p for t, p, s in windows)
+    return fill + epoch_steps * period, period, fill
+
+
 def summarise(reports: list[RankReport], *, batch_size: int, steps: int, epoch_samples: int) -> dict:
-    """Run-level figures: measured time = the slowest rank's measured wall time (its windows summed)."""
-    measured = max(r.wall_s for r in reports)
-    throughput = steps * batch_size / measured if measured > 0 else float("nan")
+    """Run-level figures (module docstring): per window the slowest rank's time and period.
+
+    ``steps`` is the measured steps per block asked for; a window whose events show another
+    count (a resumed run) uses what it measured."""
+    per_rank = [_windows(r) for r in reports]
+    counts = {len(w) for w in per_rank}
+    if len(counts) != 1:  # ranks disagree on their windows: fall back to each rank's total
+        log.warning("ranks recorded different numbers of measurement windows (%s); epoch time from each rank's "
+                    "total measured time", sorted(counts))
+        per_rank = [[(0.0, r.wall_s, False, r.events)] for r in reports]
+    windows = []
+    for k in range(len(per_rank[0])):
+        t = max(w[k][1] - w[k][0] for w in per_rank)
+        periods = [window_period(w[k][3], w[k][0], w[k][1], pipelined=w[k][2]) for w in per_rank]
+        s = max(n for _p, n in periods) or steps
+        p = max(p for p, n in periods if n) if any(n for _p, n in periods) else t / s
+        windows.append((t, p, s))
+    measured = sum(t for t, _p, _s in windows)
+    epoch, period, fill = epoch_time(windows, epoch_samples // batch_size)
     utils = [_utilisation(phase_seconds(rep), rep.wall_s) for rep in reports]
     nvml = [r.nvml_utilisation for r in reports if r.nvml_utilisation is not None]
-    return {"measured_time_s": measured, "throughput_sps": throughput, "epoch_samples": epoch_samples,
-            "epoch_time_s": epoch_samples / throughput, "mean_utilisation": sum(utils) / len(utils),
+    return {"measured_time_s": measured, "throughput_sps": epoch_samples / epoch if epoch > 0 else float("nan"),
+            "epoch_samples": epoch_samples, "epoch_time_s": epoch, "steady_period_s": period, "fill_drain_s": fill,
+            "mean_utilisation": sum(utils) / len(utils),
             "max_peak_memory_mb": max(r.peak_memory_mb for r in reports),
             "mean_nvml_utilisation": sum(nvml) / len(nvml) if nvml else None}
 

@@ -49,6 +49,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from . import metrics
+from .recorder import Recorder
 from .checkpoint import Checkpointer, set_rng_state
 from .comm import backend_for, init_process_group, set_host_staging, threads_per_rank
 from .config import ConfigError, RunConfig, data_config, validate, workload_num_blocks, workload_options
@@ -325,6 +326,7 @@ def rank_main(rank: int, cfg: RunConfig, run_id: str, *, store: dist.Store | Non
               local_world_size: int | None = None, heartbeat: Heartbeat | None = None) -> dict | None:
     """Run one rank: init the process group, build, (resume), run the strategy, gather, (rank 0) write."""
     world = cfg.devices
+    load_start = _load_average()
     beat = heartbeat.beat if heartbeat is not None else (lambda: None)
     import_plugins(cfg.plugins)
     device = init_rank(cfg, rank, store=store, local_world_size=local_world_size)
@@ -346,7 +348,7 @@ def rank_main(rank: int, cfg: RunConfig, run_id: str, *, store: dist.Store | Non
         elif cfg.resume and rank == 0 and not cfg.quiet:
             print(f"[pipebd] --resume: no checkpoint in {cfg.checkpoint_dir}; starting from step 0", file=sys.stderr)
         beat()
-        recorder = metrics.Recorder(rank, device)
+        recorder = Recorder(rank, device)
         progress = Progress(enabled=rank == 0 and not cfg.quiet, batch_size=cfg.batch_size)
         strategy_cls = get_strategy(cfg.strategy)
         ctx = RankContext(rank=rank, world_size=world, device=device, config=cfg, workload=workload, data=data,
@@ -370,7 +372,7 @@ def rank_main(rank: int, cfg: RunConfig, run_id: str, *, store: dist.Store | Non
         row = None
         if rank == 0:
             resumed = checkpointer.resumed_from if checkpointer is not None else None
-            row = _write_results(cfg, run_id, workload, data, gathered, resumed_from=resumed)
+            row = _write_results(cfg, run_id, workload, data, gathered, resumed_from=resumed, load_start=load_start)
         beat()
         return row
     finally:
@@ -412,8 +414,17 @@ def failed_row(cfg: RunConfig, run_id: str, error: str) -> dict:
     return {k: v for k, v in row.items() if k in metrics.RUN_COLUMNS}
 
 
+def _load_average() -> float | None:
+    """The host's 1-minute load average (recorded at a run's start and end, so a run that shared
+    its cores with other work can be recognised afterwards); None where the OS has none."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def _write_results(cfg: RunConfig, run_id: str, workload, data: DataSource, gathered: list[dict], *,
-                   resumed_from: int | None = None) -> dict:
+                   resumed_from: int | None = None, load_start: float | None = None) -> dict:
     reports = [g["report"] for g in sorted(gathered, key=lambda g: g["report"].rank)]
     if cfg.save_weights:
         weights, paths = {}, {}
@@ -439,6 +450,7 @@ def _write_results(cfg: RunConfig, run_id: str, workload, data: DataSource, gath
         "plan": reports[0].plan, "resolution": workload.input_shape[-1], "width_mult": cfg.width_mult,
         "data": cfg.data, "seed": cfg.seed, "threads_per_rank": torch.get_num_threads(),
         "git_commit": git_commit(), "torch_version": torch.__version__, "hostname": socket.gethostname(),
+        "load_avg_start": load_start, "load_avg_end": _load_average(),
     }
     out = cfg.out
     metrics.append_rows(os.path.join(out, "ranks.csv"), metrics.rank_rows(run_id, row, reports), metrics.RANK_COLUMNS)

@@ -19,7 +19,9 @@ import pandas as pd
 import pytest
 
 from pipebd import metrics
-from pipebd.metrics import NvmlSampler, RankReport, Recorder
+from pipebd import recorder as recorder_mod
+from pipebd.metrics import RankReport
+from pipebd.recorder import CudaEventClock, NvmlSampler, Recorder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "results", "README.md")
@@ -59,13 +61,10 @@ def _run(out: str, strategy: str, devices: int):
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> str:
-    """One directory holding a sequential run and, where the strategy exists, a 2-rank tr-dpu run."""
-    from pipebd.executors import strategy_names
-
+    """One directory holding a sequential run and a 2-rank tr-dpu run."""
     out = str(tmp_path_factory.mktemp("metrics"))
     _run(out, "sequential", 1)
-    if "tr-dpu" in strategy_names():
-        _run(out, "tr-dpu", 2)
+    _run(out, "tr-dpu", 2)
     return out
 
 
@@ -94,8 +93,13 @@ def test_values_are_sane(results):
             assert g.nvml_utilisation.isna().all()  # CPU: never sampled
         assert run.measured_time_s == pytest.approx(r.wall_s.max())
         assert run.throughput_sps > 0
-        assert run.throughput_sps == pytest.approx(run.steps_measured * run.batch_size / run.measured_time_s)
         assert run.epoch_time_s == pytest.approx(run.epoch_samples / run.throughput_sps)
+        steps = run.epoch_samples // run.batch_size
+        assert run.epoch_time_s == pytest.approx(run.fill_drain_s + steps * run.steady_period_s)
+        if run.strategy == "sequential":  # not pipelined: no fill, the period is the window's time per step
+            assert run.fill_drain_s == pytest.approx(0.0, abs=1e-9)
+            assert run.steady_period_s == pytest.approx(run.measured_time_s / run.steps_measured)
+        assert run.load_avg_start >= 0 and run.load_avg_end >= 0
         assert 0 < run.mean_utilisation <= 1 and run.max_peak_memory_mb == pytest.approx(r.peak_memory_mb.max())
         assert pd.isna(run.ideal_epoch_time_s) and pd.isna(run.efficiency) and pd.isna(run.mean_nvml_utilisation)
         e = events[events.run_id == run.run_id]
@@ -125,8 +129,7 @@ def test_trace_json_has_every_rank(results):
 def test_two_rank_run_shares_one_clock(results):
     runs, _ranks, events = metrics.load_results(results)
     multi = runs[runs.devices > 1]
-    if multi.empty:
-        pytest.skip("no multi-rank strategy (tr-dpu) registered yet")
+    assert not multi.empty
     for _, run in multi.iterrows():
         e = events[events.run_id == run.run_id]
         starts = e.groupby("rank").start_s.min()
@@ -148,7 +151,7 @@ def test_cpu_recorder_samples_nothing_and_stamps_its_clock():
 
     rec = Recorder(0, torch.device("cpu"))
     assert rec._sampler is None
-    assert metrics.nvml_reader(torch.device("cpu")) is None
+    assert recorder_mod.nvml_reader(torch.device("cpu")) is None
     with rec.measure():
         with rec.span("teacher", 0, 0):
             pass
@@ -216,10 +219,50 @@ def test_event_rows_put_ranks_on_one_clock(tmp_path):
     assert [r["start_s"] for r in metrics.event_rows("r", [a, c])] == [1.0, 1.0]
 
 
+def _pipeline_reports(steps: int, period: float, latency: float, *, pipelined: bool = True) -> list[RankReport]:
+    """A 2-stage pipeline in steady state: stage 0 finishes step k at (k+1)·period, stage 1
+    starts it ``latency`` later and takes one period, so the window holds one fill."""
+    end = (steps + 1) * period + latency
+    r0 = [("teacher", 0, k, k * period, (k + 1) * period) for k in range(steps)]
+    r1 = [("student", 1, k, (k + 1) * period + latency - period + period, (k + 2) * period + latency)
+          for k in range(steps)]
+    mk = lambda rank, evs: RankReport(rank=rank, wall_s=end, events=evs, peak_memory_mb=1.0,  # noqa: E731
+                                      extra={"windows": [(0.0, end)], "pipelined": [pipelined]})
+    return [mk(0, r0), mk(1, r1)]
+
+
+def test_pipelined_epoch_pays_the_fill_once():
+    S, p, lat, E = 16, 0.5, 0.2, 1000
+    s = metrics.summarise(_pipeline_reports(S, p, lat), batch_size=10, steps=S, epoch_samples=E * 10)
+    assert s["steady_period_s"] == pytest.approx(p)
+    assert s["fill_drain_s"] == pytest.approx(p + lat)  # the window minus S periods: one fill
+    assert s["epoch_time_s"] == pytest.approx(p + lat + E * p)
+    assert s["throughput_sps"] == pytest.approx(E * 10 / (p + lat + E * p))
+    # charged per measured step (the old extrapolation) the same window costs E/S windows
+    naive = metrics.summarise(_pipeline_reports(S, p, lat, pipelined=False), batch_size=10, steps=S,
+                              epoch_samples=E * 10)
+    assert naive["fill_drain_s"] == pytest.approx(0.0, abs=1e-12)
+    assert naive["epoch_time_s"] == pytest.approx(((S + 1) * p + lat) * E / S)
+
+
+def test_windows_add_up_per_block_and_take_the_slowest_rank():
+    # dp-like: two windows (blocks) of 4 steps each; rank 1 is slower in the second
+    def rep(rank, t2):
+        evs = [("student", 0, k, k * 1.0, (k + 1) * 1.0) for k in range(4)]
+        evs += [("student", 1, k, 10 + k * t2 / 4, 10 + (k + 1) * t2 / 4) for k in range(4)]
+        return RankReport(rank=rank, wall_s=4 + t2, events=evs, peak_memory_mb=1.0,
+                          extra={"windows": [(0.0, 4.0), (10.0, 10.0 + t2)], "pipelined": [False, False]})
+    s = metrics.summarise([rep(0, 2.0), rep(1, 6.0)], batch_size=8, steps=4, epoch_samples=80)
+    assert s["measured_time_s"] == pytest.approx(4.0 + 6.0)
+    assert s["steady_period_s"] == pytest.approx(1.0 + 1.5) and s["fill_drain_s"] == pytest.approx(0.0)
+    assert s["epoch_time_s"] == pytest.approx(10 * 2.5)
+
+
 def test_summarise_and_rank_rows():
     reps = [RankReport(rank=0, wall_s=2.0, events=[("teacher", 0, 1, 0.0, 1.0), ("comm", 0, 1, 1.0, 1.5)],
                        peak_memory_mb=10.0, nvml_utilisation=0.6),
-            RankReport(rank=1, wall_s=4.0, events=[("student", 1, 1, 0.0, 2.0)], peak_memory_mb=30.0)]
+            RankReport(rank=1, wall_s=4.0, events=[("student", 1, 1, 0.0, 2.0), ("comm", 1, 2, 2.0, 4.0)],
+                       peak_memory_mb=30.0)]
     s = metrics.summarise(reps, batch_size=8, steps=2, epoch_samples=80)
     assert s["measured_time_s"] == 4.0 and s["throughput_sps"] == 4.0 and s["epoch_time_s"] == 20.0
     assert s["mean_utilisation"] == pytest.approx(0.5) and s["max_peak_memory_mb"] == 30.0
@@ -269,28 +312,77 @@ def test_cuda_recorder_records_memory_and_nvml_or_notes_why(capsys):
         assert rec._sampler._thread is None
 
 
-def test_cuda_path_with_a_mocked_device(monkeypatch):
-    """The CUDA code path (sync per timestamp, NVML sampler between windows, allocator peak)
-    runs on a CPU-only machine with torch.cuda's calls stubbed."""
+class _Event:
+    """A stand-in for ``torch.cuda.Event``: stamps the host clock when recorded, counts waits."""
+
+    waits: list = []
+
+    def record(self, stream=None):
+        self.t = __import__("time").perf_counter()
+
+    def synchronize(self):
+        _Event.waits.append(self)
+
+    def elapsed_time(self, other):
+        return (other.t - self.t) * 1e3
+
+
+def test_cuda_event_clock_waits_only_after_the_window(monkeypatch):
+    """The CUDA clock's logic on fake events: spans only enqueue events; the one wait is on
+    the window's last event, after it closed; resolved times are ordered and inside the window."""
     import torch
 
-    dev = torch.device("cuda", 0)
-    syncs = []
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: syncs.append(d))
-    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d=None: None)
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d=None: 3 * 2**20)
-    monkeypatch.setattr(torch.cuda, "utilization", lambda d=None: 40)
-    rec = Recorder(0, dev, nvml_interval_s=0.005)
-    assert rec._sampler is not None and rec._sampler._thread is None  # starts with the first window
+    monkeypatch.setattr(_Event, "waits", [])
+    clock = CudaEventClock(torch.device("cpu"), event_factory=_Event)
+    rec = Recorder(0, torch.device("cpu"), clock=clock)
+    rec.start_window(pipelined=True)
+    for k in range(3):
+        with rec.span("teacher", 0, k):
+            threading.Event().wait(0.002)
+        assert not _Event.waits and not rec.events  # nothing resolved, nothing waited on, inside the window
+    rec.stop_window()
+    assert len(_Event.waits) == 1 and not rec.measuring
+    (w0, w1), = rec.windows
+    starts = [e[3] for e in rec.events]
+    assert starts == sorted(starts) and w0 <= starts[0] and rec.events[-1][4] <= w1
+    assert all(e[4] - e[3] >= 0.0015 for e in rec.events)
+    assert rec.report().extra["pipelined"] == [True]
+
+
+def test_a_clock_that_syncs_per_span_is_caught(monkeypatch):
+    """The check the tr test relies on can fail: a clock that waits at every mark (as the old
+    recorder's torch.cuda.synchronize per timestamp did) is seen waiting inside the window."""
+    import torch
+
+    class SyncingClock(CudaEventClock):
+        def mark(self):
+            e = super().mark()
+            e.synchronize()
+            return e
+
+    monkeypatch.setattr(_Event, "waits", [])
+    rec = Recorder(0, torch.device("cpu"), clock=SyncingClock(torch.device("cpu"), event_factory=_Event))
     with rec.measure():
-        with rec.span("student", 0, 1):
-            threading.Event().wait(0.03)
-    with rec.measure():  # a second window (dp opens one per block)
-        pass
-    rep = rec.report()
-    assert rep.nvml_utilisation == pytest.approx(0.4) and rep.peak_memory_mb == pytest.approx(3.0)
-    assert syncs and all(d == dev for d in syncs)
-    assert rec._sampler._thread is None  # report() stopped the thread
+        with rec.span("student", 0, 0):
+            pass
+        inside = len(_Event.waits)
+    assert inside >= 2
+
+
+def test_tr_makes_no_sync_inside_its_window(tmp_path, monkeypatch):
+    """tr at --inflight 2 on 2 ranks, timed by the CUDA clock over fake events
+    (tests/fake_cuda_clock.py): no rank synchronises while its window is open."""
+    from pipebd.config import RunConfig
+    from pipebd.runner import launch
+
+    monkeypatch.setenv("PIPEBD_FAKE_CLOCK_DIR", str(tmp_path))
+    launch(RunConfig(workload="tiny", strategy="tr", devices=2, batch_size=8, steps=3, warmup=1, inflight=2,
+                     out=str(tmp_path / "out"), quiet=True, trace=False, plugins=("tests.fake_cuda_clock",)))
+    for rank in (0, 1):
+        state = json.load(open(tmp_path / f"rank-{rank}.json"))
+        assert state["windows"] == 1 and state["marks"] > 10, state  # the fake clock timed this rank
+        assert state["syncs_in_window"] == 0, state
+        assert state["syncs_outside"] >= 1, state  # the window's one wait, after it closed
 
 
 def test_cuda_path_without_nvml_notes_once(monkeypatch, capsys):
@@ -301,7 +393,7 @@ def test_cuda_path_without_nvml_notes_once(monkeypatch, capsys):
 
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d=None: None)
     monkeypatch.setattr(torch.cuda, "utilization", no_nvml)
-    monkeypatch.setattr(metrics, "_NVML_NOTED", False)
+    monkeypatch.setattr(recorder_mod, "_NVML_NOTED", False)
     a = Recorder(0, torch.device("cuda", 0))
     b = Recorder(0, torch.device("cuda", 0))
     assert a._sampler is None and b._sampler is None

@@ -29,7 +29,7 @@ from ..config import ConfigError, RunConfig
 from ..data import DataSource
 from ..distill import BlockTrainer, OptimConfig
 from ..faults import parse_fault
-from ..metrics import Recorder
+from ..recorder import Recorder
 from ..zoo import Workload
 
 __all__ = ["Strategy", "RankContext", "register_strategy", "get_strategy", "strategy_names", "import_plugins"]

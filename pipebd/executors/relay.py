@@ -22,9 +22,9 @@ replica per stage; :class:`RelayPipeline` executes any plan, replicated stages i
 is what ``ahd`` (§III-C, :mod:`pipebd.executors.ahd`) runs too.
 
 Measurement: warm-up steps run first; then every rank drains its sends and meets at a
-barrier, opens its window, runs the measured steps, drains, meets again and closes it. The
-pipeline's fill and drain are inside the measured window, which is the honest cost of a
-finite run.
+barrier, opens its window, runs the measured steps, drains, meets again and closes it. With
+more than one stage the window is *pipelined*: its fill and drain are measured once and an
+epoch pays them once, plus the steady-state period per step (:mod:`pipebd.metrics`).
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ class RelayPipeline:
         if window < total:
             self._drain()
             ctx.barrier()
-            rec.start_window()
+            rec.start_window(pipelined=len(self.plan.stages) > 1)
             self._steps(window, total)
             self._drain()
             ctx.barrier()
