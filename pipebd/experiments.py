@@ -104,7 +104,12 @@ EXPERIMENTS_DIR = os.path.join(ROOT, "experiments")
 PLOTS_SCRIPTS_DIR = os.path.join(ROOT, "plots")
 #: The profiles of size every shipped experiment defines; ``cpu`` is the default.
 PROFILES = ("cpu", "paper")
+#: Profiles only some experiments define (``quick``: a first look in <= 5 minutes on 2 cores);
+#: ``run_all`` skips, with a note, the experiments that lack the profile asked for.
+OPTIONAL_PROFILES = ("quick",)
 DEFAULT_PROFILE = "cpu"
+#: Rounds of re-runs a noisy cell (repeats differing by more than derived.NOISE_THRESHOLD) gets.
+DEFAULT_MAX_RERUNS = 2
 #: Warm-up steps a NAS workload needs so every candidate op of every cell has run before timing.
 MIN_NAS_WARMUP = 8
 COSTS = ("profile", "estimate", "none")
@@ -834,7 +839,8 @@ def _prepare_dir(d: str, settings: dict, *, force: bool, say) -> None:
 
 
 def _journal(d: str) -> tuple[dict[str, dict], set[str]]:
-    """Finished units (key -> last row) and run ids that started but never finished."""
+    """Finished units (key -> last row: ``ok`` or ``failed``) and run ids that started but never
+    finished. Only ``ok`` units count as done: a failed one runs again next time."""
     df = _read_csv(os.path.join(d, "units.csv"))
     done: dict[str, dict] = {}
     started: dict[str, str] = {}
@@ -873,17 +879,110 @@ def is_done(results_root: str, profile: str, name: str) -> bool:
     return os.path.exists(os.path.join(experiment_dir(results_root, profile, name), "DONE"))
 
 
-def run_experiment(exp: Experiment, profile: str = DEFAULT_PROFILE, *, results_root: str = "results",
-                   force: bool = False, say: Callable[[str], None] = print) -> bool:
-    """Run (or resume) ``exp``'s ``profile``; return False if it was skipped because it is done."""
-    from .executors import strategy_names
+class Eta:
+    """Progress over every run of an invocation: ``[k/N]`` and the estimated time left, from the
+    mean wall time of the runs finished so far in this invocation."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.seconds = total, 0, 0.0
+
+    def add(self, n: int) -> None:
+        """``n`` more runs (re-runs of noisy cells) join the total."""
+        self.total += n
+
+    def tick(self, wall_s: float) -> str:
+        self.done += 1
+        self.seconds += wall_s
+        left = max(0, self.total - self.done) * self.seconds / self.done
+        return f"[{self.done}/{self.total}, ETA {int(left // 60)}m{int(left % 60):02d}s]"
+
+
+@dataclass
+class ExperimentOutcome:
+    """What one :func:`run_experiment` call did: ``ran`` is False when it was skipped as done."""
+
+    ran: bool
+    failed: list[str] = field(default_factory=list)  # unit keys whose last run failed, with the error
+    noisy: list[str] = field(default_factory=list)  # cells still noisy after the re-runs
+
+
+def _run_units(units, d, prof, exp, csv_path, eta: Eta, say) -> None:
     from .runner import new_run_id
+
+    for u in units:
+        cfg = unit_config(prof, u, out=d, tag=exp.name, profile_csv=csv_path)
+        run_id = new_run_id()
+        _journal_row(d, u, run_id, "started")
+        res = run_unit(cfg, run_id=run_id)
+        _journal_row(d, u, run_id, res.status, res.wall_s, res.error)
+        what = (f"epoch {float(res.row['epoch_time_s']):.1f} s" if res.status == "ok"
+                else f"FAILED: {res.error[:160]}")
+        rerun = " (re-run)" if u.repeat >= prof.repeats else ""
+        say(f"  {eta.tick(res.wall_s)} {u.workload.name} b{u.batch_size} n{u.devices} r{u.repeat} {u.strategy:<7} "
+            f"{what} ({res.wall_s:.0f} s){rerun}")
+
+
+def _group_cells(d: str, w: WorkloadSpec, b: int, n: int, gcfg: RunConfig):
+    """The speedup cells (:func:`pipebd.derived.speedup_cells`) of one group's ok runs so far."""
+    from .derived import speedup_cells
+
+    runs = _read_csv(os.path.join(d, "runs.csv"))
+    if runs.empty:
+        return None
+    res = float(input_resolution(gcfg))
+    g = runs[(runs["workload"] == _canon(w.name)) & (runs["batch_size"] == b) & (runs["devices"] == n)
+             & (pd_num(runs["resolution"]) == res) & ((pd_num(runs["width_mult"]) - w.width_mult).abs() < 1e-9)]
+    return speedup_cells(g)
+
+
+def pd_num(col):
+    import pandas as pd
+
+    return pd.to_numeric(col, errors="coerce")
+
+
+def _rerun_noisy(d, prof, exp, w, b, n, gcfg, csv_path, max_reruns: int, eta: Eta, say) -> list[str]:
+    """Re-run the group's noisy cells, each round ``dp`` and the noisy strategies in rotated order,
+    until none is noisy or ``max_reruns`` rounds ran; returns the cells still noisy."""
+    from .derived import noisy_strategies
+
+    steps = w.steps if w.steps is not None else prof.steps
+    warmup = w.warmup if w.warmup is not None else prof.warmup
+    done, _ = _journal(d)
+    reruns = sorted({int(k.split("|r")[1].split("|")[0]) for k in done if k.startswith(f"{w.key}|b{b}|n{n}|")
+                     and int(k.split("|r")[1].split("|")[0]) >= prof.repeats})
+    rounds = len(reruns)
+    while True:
+        cells = _group_cells(d, w, b, n, gcfg)
+        noisy = noisy_strategies(cells) if cells is not None and prof.strategies else []
+        noisy = [s for s in noisy if s in prof.strategies]
+        if not noisy or "dp" not in prof.strategies:
+            return []
+        if rounds >= max_reruns:
+            flagged = cells[cells["noisy"]]
+            return [f"{w.name} b{b} n{n} {r.strategy} (spread {r.spread:.0%} over {r.runs} runs)"
+                    for r in flagged.itertuples()]
+        repeat = prof.repeats + rounds
+        say(f"  noisy: {', '.join(s for s in noisy if s != 'dp')} on {w.name} b{b} n{n} (repeats differ by more "
+            f"than 25 %): re-run round {rounds + 1}/{max_reruns} with dp")
+        units = [Unit(w, s, n, b, repeat, steps, warmup) for s in rotated(noisy, rounds)]
+        eta.add(len(units))
+        _run_units(units, d, prof, exp, csv_path, eta, say)
+        rounds += 1
+
+
+def run_experiment(exp: Experiment, profile: str = DEFAULT_PROFILE, *, results_root: str = "results",
+                   force: bool = False, say: Callable[[str], None] = print, max_reruns: int = DEFAULT_MAX_RERUNS,
+                   eta: Eta | None = None) -> ExperimentOutcome:
+    """Run (or resume) ``exp``'s ``profile``. ``DONE`` is written only when every run succeeded; a
+    failed run is retried by the next invocation. Noisy cells are re-run (``max_reruns`` rounds)."""
+    from .executors import import_plugins, strategy_names
 
     prof = exp.profile(profile)
     d = experiment_dir(results_root, profile, exp.name)
     if not force and os.path.exists(os.path.join(d, "DONE")):
         say(f"{exp.name}: done already ({d}/DONE); --force reruns it")
-        return False
+        return ExperimentOutcome(ran=False)
     if prof.options.get("device_type") == "cuda" and (prof.strategies or prof.costs == "profile"):
         import torch
 
@@ -896,17 +995,25 @@ def run_experiment(exp: Experiment, profile: str = DEFAULT_PROFILE, *, results_r
     done, interrupted = _journal(d)
     _purge(d, interrupted, say)
     units = plan_units(prof)
-    todo = [u for u in units if u.key not in done]
+    todo = [u for u in units if done.get(u.key, {}).get("status") != "ok"]
+    if eta is None:
+        eta = Eta(len(todo))
+    retried = sum(1 for u in todo if u.key in done)
+    try:
+        import_plugins(prof.options.get("plugins", ()))  # strategies a plugin registers are known here too
+    except Exception as e:  # noqa: BLE001 — the runs will fail with the same error, recorded
+        say(f"  note: {e}")
     known = set(strategy_names())
     missing = [s for s in prof.strategies if s not in known]
-    say(f"{exp.name} [{profile}]: {len(units)} runs ({len(units) - len(todo)} done before), "
+    say(f"{exp.name} [{profile}]: {len(units)} runs ({len(units) - len(todo)} done before"
+        + (f", {retried} failed before and retried now" if retried else "") + f"), "
         f"{len(_groups(prof))} configuration(s) -> {d}")
     if missing:
         say(f"  note: strategy {', '.join(missing)} is not registered here; its runs are recorded as failed")
     ideals: dict[tuple, float] = {}
     sim_rows: list[dict] = []
     sched_rows: list[dict] = []
-    k = len(units) - len(todo)
+    still_noisy: list[str] = []
     top = max(prof.devices)
     for w, b, n in _groups(prof):
         gcfg = _group_config(prof, w, b, n)
@@ -920,16 +1027,9 @@ def run_experiment(exp: Experiment, profile: str = DEFAULT_PROFILE, *, results_r
                 label = csv_path or "estimate"
                 sim_rows += _simulate_rows(gcfg, costs, prof.simulate_devices, label, say)
                 sched_rows += _schedule_rows(gcfg, costs, prof.plan_devices, label, say)
-        for u in [u for u in todo if u.group == (w.key, b, n)]:
-            k += 1
-            cfg = unit_config(prof, u, out=d, tag=exp.name, profile_csv=csv_path)
-            run_id = new_run_id()
-            _journal_row(d, u, run_id, "started")
-            res = run_unit(cfg, run_id=run_id)
-            _journal_row(d, u, run_id, res.status, res.wall_s, res.error)
-            what = (f"epoch {float(res.row['epoch_time_s']):.1f} s" if res.status == "ok"
-                    else f"FAILED: {res.error[:160]}")
-            say(f"  [{k}/{len(units)}] {w.name} b{b} n{n} r{u.repeat} {u.strategy:<7} {what} ({res.wall_s:.0f} s)")
+        _run_units([u for u in todo if u.group == (w.key, b, n)], d, prof, exp, csv_path, eta, say)
+        if prof.repeats > 1:
+            still_noisy += _rerun_noisy(d, prof, exp, w, b, n, gcfg, csv_path, max_reruns, eta, say)
     if ideals:
         fill_ideal(os.path.join(d, "runs.csv"), ideals)
     if exp.paper_reference:
@@ -943,15 +1043,18 @@ def run_experiment(exp: Experiment, profile: str = DEFAULT_PROFILE, *, results_r
     if prof.plan_devices:
         _write_table(os.path.join(d, "schedules.csv"), sched_rows, SCHEDULE_COLUMNS)
     final, _ = _journal(d)
-    failed = sorted({r["strategy"] for r in final.values() if r["status"] != "ok"})
+    failed = [f"{k}: {r.get('error', '')}"[:240] for k, r in final.items() if r["status"] != "ok"]
     summary = {"experiment": exp.name, "profile": profile, "finished": _dt.datetime.now().isoformat(timespec="seconds"),
-               "runs": len(units), "ok": sum(r["status"] == "ok" for r in final.values()),
-               "failed": sum(r["status"] != "ok" for r in final.values()), "failed_strategies": failed,
-               "seconds_this_session": round(time.perf_counter() - t_start, 1)}
-    atomic_write_text(os.path.join(d, "DONE"), json.dumps(summary, indent=1) + "\n")
-    say(f"{exp.name}: done in {summary['seconds_this_session']:.0f} s, {summary['ok']} ok, {summary['failed']} failed"
-        + (f" ({', '.join(failed)})" if failed else ""))
-    return True
+               "runs": len(final), "ok": sum(r["status"] == "ok" for r in final.values()), "failed": len(failed),
+               "noisy_cells": still_noisy, "seconds_this_session": round(time.perf_counter() - t_start, 1)}
+    if failed:
+        say(f"{exp.name}: NOT done: {len(failed)} run(s) failed (the next invocation retries only those): "
+            + "; ".join(failed[:5]) + (" ..." if len(failed) > 5 else ""))
+    else:
+        atomic_write_text(os.path.join(d, "DONE"), json.dumps(summary, indent=1) + "\n")
+        say(f"{exp.name}: done in {summary['seconds_this_session']:.0f} s, {summary['ok']} ok"
+            + (f"; still noisy after {max_reruns} re-run round(s): {'; '.join(still_noisy)}" if still_noisy else ""))
+    return ExperimentOutcome(ran=True, failed=failed, noisy=still_noisy)
 
 
 # ---- plots --------------------------------------------------------------------------------------------------------
@@ -1007,6 +1110,56 @@ def _select(exps: dict[str, Experiment], names: list[str], directory: str) -> li
     return [e for e in exps.values() if e.name in wanted]
 
 
+def _state(results_root: str, profile: str, exp: Experiment) -> str:
+    """``done`` / ``N of M runs ok, K failed`` / ``to run``: what ``results_root`` already holds."""
+    if is_done(results_root, profile, exp.name):
+        return "done"
+    d = experiment_dir(results_root, profile, exp.name)
+    done, _ = _journal(d) if os.path.isdir(d) else ({}, set())
+    units = plan_units(exp.profile(profile))
+    ok = sum(1 for u in units if done.get(u.key, {}).get("status") == "ok")
+    bad = sum(1 for u in units if done.get(u.key, {}).get("status") == "failed")
+    if not ok and not bad:
+        return "to run"
+    return f"{ok} of {len(units)} ok" + (f", {bad} failed" if bad else "")
+
+
+def _list(chosen: list[Experiment], args: argparse.Namespace) -> None:
+    print(f"experiments of the {args.profile} profile (results in {os.path.join(args.results, args.profile)}):")
+    for e in chosen:
+        prof = e.profiles.get(args.profile)
+        if prof is None:
+            print(f"  {e.name:<13} (no {args.profile} profile: skipped)  {' '.join(e.description.split())[:70]}")
+            continue
+        wl = ", ".join(w.name for w in prof.workloads) or "(derived from other experiments)"
+        what = (f"{len(plan_units(prof))} runs: {','.join(prof.strategies)} x {prof.repeats} repeat(s) on {wl}, "
+                f"devices {','.join(map(str, prof.devices))}, {prof.steps} measured steps" if prof.strategies
+                else f"no runs; costs from {prof.costs} on {wl}")
+        print(f"  {e.name:<13} [{_state(args.results, args.profile, e)}] {what}")
+        if args.dry_run:
+            for u in plan_units(prof):
+                print(f"      {u.key}  steps {u.steps} warmup {u.warmup}")
+
+
+def print_speedup_summary(exps: list[Experiment], profile: str, results_root: str, say=print) -> None:
+    """The speedup table of every experiment that has a paper reference, beside the committed
+    reference results (``results/reference/<profile>/``) and the paper's numbers."""
+    from .derived import format_speedups, speedup_cells
+
+    for e in exps:
+        d = experiment_dir(results_root, profile, e.name)
+        runs = _read_csv(os.path.join(d, "runs.csv"))
+        if not e.paper_reference or runs.empty or profile not in e.profiles:
+            continue
+        ref_runs = _read_csv(os.path.join(ROOT, "results", "reference", profile, e.name, "runs.csv"))
+        ref = speedup_cells(ref_runs) if not ref_runs.empty else None
+        paper = {_canon(k): v for k, v in e.paper_reference.items()}
+        labels = {_canon(w.name): w.label for w in e.profile(profile).workloads if w.label}
+        say(f"\n{e.name} [{profile}]: speedup over dp here, beside results/reference/{profile}/{e.name} "
+            f"({'present' if ref is not None else 'none for this profile'}) and the paper (4 GPUs, batch 256)")
+        say(format_speedups(speedup_cells(runs), reference=ref, paper=paper, labels=labels))
+
+
 def _cmd_experiment(args: argparse.Namespace) -> int:
     from .config import ConfigError
 
@@ -1015,53 +1168,70 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         chosen = _select(exps, args.names, args.experiments)
     except ExperimentError as e:
         raise ConfigError(str(e)) from None
+    if args.max_reruns < 0:
+        raise ConfigError(f"--max-reruns must be >= 0, got {args.max_reruns}")
     if args.list or args.dry_run:
-        for e in chosen:
-            prof = e.profiles.get(args.profile)
-            if prof is None:
-                print(f"{e.name:<14}(no {args.profile} profile)  {' '.join(e.description.split())}")
-                continue
-            state = "done" if is_done(args.results, args.profile, e.name) else "to run"
-            print(f"{e.name:<14}{len(plan_units(prof)):>4} runs  {state:<7} {' '.join(e.description.split())}")
-            if args.dry_run:
-                for u in plan_units(prof):
-                    print(f"    {u.key}  steps {u.steps} warmup {u.warmup}")
+        _list(chosen, args)
         return 0
+    explicit = bool(args.names) and args.names != ["all"]
     missing = [e.name for e in chosen if args.profile not in e.profiles]
-    if missing:
-        raise ConfigError(f"experiment(s) {', '.join(missing)} have no profile {args.profile!r}")
-    rc = 0
+    if missing and explicit:
+        raise ConfigError(f"experiment(s) {', '.join(missing)} have no profile {args.profile!r}; they define: "
+                          + "; ".join(f"{e.name}: {', '.join(e.profiles)}" for e in chosen if e.name in missing))
+    for name in missing:
+        print(f"{name}: no {args.profile} profile; skipped", flush=True)
+    chosen = [e for e in chosen if args.profile in e.profiles]
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    todo = 0
+    for e in chosen:
+        if args.force or not is_done(args.results, args.profile, e.name):
+            d = experiment_dir(args.results, args.profile, e.name)
+            done, _ = _journal(d) if os.path.isdir(d) and not args.force else ({}, set())
+            todo += sum(1 for u in plan_units(e.profile(args.profile)) if done.get(u.key, {}).get("status") != "ok")
+    eta = Eta(todo)
+    failed: list[str] = []
     t0 = time.perf_counter()
     for e in chosen:
         t = time.perf_counter()
         if not args.plots_only:
             try:
-                run_experiment(e, args.profile, results_root=args.results, force=args.force,
-                               say=lambda m: print(m, flush=True))
+                out = run_experiment(e, args.profile, results_root=args.results, force=args.force, say=say,
+                                     max_reruns=args.max_reruns, eta=eta)
+                failed += [f"{e.name}: {f}" for f in out.failed]
             except KeyboardInterrupt:
                 raise
             except Exception as ex:  # noqa: BLE001 — one broken experiment does not stop the others
-                print(f"{e.name}: ERROR {type(ex).__name__}: {ex}; continuing with the next experiment", flush=True)
-                rc = 1
+                say(f"{e.name}: ERROR {type(ex).__name__}: {ex}; continuing with the next experiment")
+                failed.append(f"{e.name}: {type(ex).__name__}: {ex}")
         if args.plot:
-            make_plots(e, args.profile, results_root=args.results, plots_root=args.plots,
-                       say=lambda m: print(m, flush=True))
-        print(f"{e.name}: {time.perf_counter() - t:.0f} s", flush=True)
-    print(f"experiments ({args.profile}): {len(chosen)} in {time.perf_counter() - t0:.0f} s", flush=True)
-    return rc
+            make_plots(e, args.profile, results_root=args.results, plots_root=args.plots, say=say)
+        say(f"{e.name}: {time.perf_counter() - t:.0f} s")
+    say(f"experiments ({args.profile}): {len(chosen)} in {time.perf_counter() - t0:.0f} s")
+    print_speedup_summary(chosen, args.profile, args.results, say)
+    if failed:
+        say(f"\n{len(failed)} run(s) failed; run the same command again to retry only those:")
+        for f in failed:
+            say(f"  {f}")
+        return 1
+    return 0
 
 
 def add_cli(sub) -> None:
     p = sub.add_parser("experiment", help="run the paper's experiments (experiments/*.yaml): runs, CSVs and plots")
     p.add_argument("names", nargs="*", metavar="NAME", help="experiments to run (default / 'all': every one)")
     p.add_argument("--profile", default=DEFAULT_PROFILE,
-                   help=f"size profile: {' or '.join(PROFILES)} (default {DEFAULT_PROFILE})")
+                   help=f"size profile: {', '.join(PROFILES + OPTIONAL_PROFILES)} (default {DEFAULT_PROFILE}; quick: "
+                        "a first look in a few minutes, only the experiments that define it)")
+    p.add_argument("--max-reruns", type=int, default=DEFAULT_MAX_RERUNS, metavar="K",
+                   help="re-run rounds for a cell whose repeats differ by more than 25 %% (with its dp; default "
+                        f"{DEFAULT_MAX_RERUNS}; 0: only flag it)")
     p.add_argument("--force", action="store_true", help="rerun finished experiments (deletes their results)")
     p.add_argument("--experiments", default=EXPERIMENTS_DIR, metavar="DIR", help="where the *.yaml files are")
     p.add_argument("--results", default="results", metavar="DIR", help="results root (RESULTS/<profile>/<name>/)")
     p.add_argument("--plots", default="plots", metavar="DIR", help="plots root (PLOTS/<profile>/*.png)")
     p.add_argument("--no-plots", dest="plot", action="store_false", help="do not run the plot scripts")
     p.add_argument("--plots-only", action="store_true", help="only remake the plots from existing results")
-    p.add_argument("--list", action="store_true", help="list the experiments and their state")
+    p.add_argument("--list", action="store_true",
+                   help="list what each experiment runs and what your results directory already holds")
     p.add_argument("--dry-run", action="store_true", help="list every run each experiment would make")
     p.set_defaults(func=_cmd_experiment)

@@ -59,6 +59,8 @@ def test_all_experiments_load_together_in_run_order():
 
 
 def test_speedup_panels_and_paper_reference():
+    """The paper's Fig. 6 numbers live once, in speedup.yaml; checked here against the values
+    the reproduction issue quotes (PAPER_FIG6, this test's own copy, is the oracle)."""
     exp = load_experiment(os.path.join(EXPERIMENTS_DIR, "speedup.yaml"))
     assert exp.paper_reference == PAPER_FIG6
     for profile in PROFILES:
@@ -66,6 +68,8 @@ def test_speedup_panels_and_paper_reference():
         assert prof.strategies == ("dp", "ls", "tr", "tr-dpu", "ahd")
         assert {w.name for w in prof.workloads} == set(PAPER_FIG6)
         assert prof.repeats >= 3
+    quick = exp.profile("quick")
+    assert {w.name for w in quick.workloads} == {"nas-cifar10", "compress-vgg16-cifar10"} and quick.repeats == 1
     paper = exp.profile("paper")
     assert paper.batch_sizes == (256,) and paper.devices == (4,)
     assert all(w.resolution is None and w.width_mult == 1.0 for w in paper.workloads)
@@ -170,33 +174,51 @@ def test_cli_unknown_experiment_is_a_clear_error(tmp_path, capsys):
 
 # ---- end to end (spawns ranks) ------------------------------------------------------------------------------------
 
-def test_tiny_experiment_end_to_end_skip_force_and_resume(tmp_path):
-    _write(tmp_path, GOOD)
+FLAKY = GOOD.replace("strategies: [dp, nosuch]", "strategies: [dp, flaky]").replace(
+    "{timeout: 120.0, trace: false}", "{timeout: 120.0, trace: false, plugins: [tests.flaky_strategy]}")
+
+
+def test_tiny_experiment_end_to_end_retry_skip_force_and_resume(tmp_path, monkeypatch):
+    _write(tmp_path, FLAKY)
     results, plots = tmp_path / "results", tmp_path / "plots"
     cmd = ["bash", os.path.join(ROOT, "run_all.sh"), "--only", "tinyexp", "--experiments", str(tmp_path / "exps"),
            "--results", str(results), "--plots", str(plots)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout + out.stderr
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**env, "PIPEBD_FLAKY_FAIL": "1"})
+    # a failed run: exit 1 naming it, no DONE, and the ETA on every run line
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "1 run(s) failed" in out.stdout and "flaky" in out.stdout.split("1 run(s) failed")[1]
+    assert "ETA" in out.stdout and "total" in out.stdout and "run_all:" in out.stdout
     d = results / "cpu" / "tinyexp"
+    assert not (d / "DONE").exists()
     runs = pd.read_csv(d / "runs.csv")
-    assert sorted(runs["strategy"]) == ["dp", "nosuch"]
+    assert sorted(runs["strategy"]) == ["dp", "flaky"]
     ok = runs[runs["status"] == "ok"].iloc[0]
     assert ok["tag"] == "tinyexp" and ok["epoch_time_s"] > 0
     assert ok["ideal_epoch_time_s"] > 0 and ok["efficiency"] > 0  # filled from the (estimated) cost model
-    failed = runs[runs["status"] == "failed"].iloc[0]
-    assert "unknown strategy 'nosuch'" in failed["error"]
+    assert "failing on purpose" in runs[runs["status"] == "failed"].iloc[0]["error"]
     assert set(pd.read_csv(d / "simulate.csv")["devices"]) == {1, 2, 4}
     assert set(pd.read_csv(d / "schedules.csv")["devices"]) == {2, 4}
+    listed = subprocess.run(cmd + ["--list"], capture_output=True, text=True, timeout=600, env=env).stdout
+    assert "[1 of 2 ok, 1 failed]" in listed, listed
+
+    # the next invocation retries only the failed run, then marks the experiment done
+    out = subprocess.run(cmd + ["--no-plots"], capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 failed before and retried now" in out.stdout
+    runs = pd.read_csv(d / "runs.csv")
+    assert list(runs.groupby("strategy").size().items()) == [("dp", 1), ("flaky", 2)]
     done = json.loads((d / "DONE").read_text())
-    assert (done["ok"], done["failed"]) == (1, 1)
-    assert "total" in out.stdout and "run_all:" in out.stdout
+    assert (done["ok"], done["failed"]) == (2, 0)
 
     # finished: skipped
-    out = subprocess.run(cmd + ["--no-plots"], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd + ["--no-plots"], capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0 and "done already" in out.stdout
-    assert len(pd.read_csv(d / "runs.csv")) == 2
+    assert len(pd.read_csv(d / "runs.csv")) == 3
+    assert "[done]" in subprocess.run(cmd + ["--list"], capture_output=True, text=True, timeout=600, env=env).stdout
 
     # an interrupted run (journal says started, rows half written) is cleared on resume
+    monkeypatch.delenv("PIPEBD_FLAKY_FAIL", raising=False)
     (d / "DONE").unlink()
     units = pd.read_csv(d / "units.csv")
     dp_unit = units[(units["strategy"] == "dp") & (units["status"] == "ok")]
@@ -207,7 +229,7 @@ def test_tiny_experiment_end_to_end_skip_force_and_resume(tmp_path):
                "--no-plots"])
     assert rc == 0
     runs = pd.read_csv(d / "runs.csv")
-    assert old_dp not in set(runs["run_id"]) and sorted(runs["strategy"]) == ["dp", "nosuch"]
+    assert old_dp not in set(runs["run_id"]) and sorted(runs[runs.status == "ok"]["strategy"]) == ["dp", "flaky"]
     assert old_dp not in set(pd.read_csv(d / "ranks.csv")["run_id"])
     assert (d / "DONE").exists()
 
@@ -217,6 +239,28 @@ def test_tiny_experiment_end_to_end_skip_force_and_resume(tmp_path):
     assert rc == 0
     again = pd.read_csv(d / "runs.csv")
     assert len(again) == 2 and not set(again["run_id"]) & set(runs["run_id"])
+
+
+def test_noisy_cells_are_flagged_and_rerun_with_dp():
+    """derived.speedup_cells / noisy_strategies on a made-up table: a strategy whose repeats
+    differ by > 25 % is noisy, and a re-run round measures it again beside dp."""
+    from pipebd.derived import format_speedups, noisy_strategies, speedup_cells
+
+    def row(s, t, ts):
+        return {"run_id": f"{s}{ts}", "status": "ok", "workload": "tiny", "batch_size": 8, "devices": 2,
+                "resolution": 16, "width_mult": 1.0, "strategy": s, "epoch_time_s": t, "plan": "",
+                "timestamp": f"2026-01-01T00:00:0{ts}"}
+    runs = pd.DataFrame([row("dp", 10.0, 0), row("tr", 5.0, 1), row("dp", 10.5, 2), row("tr", 8.0, 3),
+                         row("ahd", 4.0, 4), row("dp", 9.5, 5), row("ahd", 4.2, 6)])
+    cells = speedup_cells(runs).set_index("strategy")
+    assert cells.loc["tr", "noisy"] and not cells.loc["ahd", "noisy"] and not cells.loc["dp", "noisy"]
+    assert cells.loc["tr", "spread"] == pytest.approx(3.0 / 6.5)
+    assert cells.loc["tr", "speedup"] == pytest.approx(10.0 / 6.5)
+    assert cells.loc["tr", "speedup_lo"] == pytest.approx(10.5 / 8.0) and cells.loc["tr", "speedup_hi"] == 2.0
+    assert noisy_strategies(cells.reset_index()) == ["dp", "tr"]
+    table = format_speedups(cells.reset_index(), paper={"tiny": {"ahd": 7.4}})
+    assert "!" in next(ln for ln in table.splitlines() if " tr " in ln)
+    assert "7.40x" in next(ln for ln in table.splitlines() if " ahd " in ln)
 
 
 def test_changed_settings_move_a_partial_run_aside(tmp_path):

@@ -196,6 +196,25 @@ def test_speedup(fixture_dirs, tmp_path, capsys):
     assert "ahd" not in nas.index and nas.loc["dp", "speedup"] == pytest.approx(1.0)
     assert nas.loc["tr-dpu", "runs"] == 2 and nas.loc["tr-dpu", "speedup"] > nas.loc["tr", "speedup"] > 1
     assert nas["ideal_speedup"].notna().all()
+    # two repeats: a range around the median ratio and their spread (the second is 20 % slower)
+    tr_dpu = nas.loc["tr-dpu"]
+    assert tr_dpu.speedup_lo < tr_dpu.speedup < tr_dpu.speedup_hi
+    assert 0.1 < tr_dpu.spread < 0.25 and not tr_dpu.noisy  # (max-min)/median, under the 25 % threshold
+    assert nas.loc["tr", "speedup_lo"] == pytest.approx(nas.loc["tr", "speedup"])  # one run: no range
+
+
+def test_speedup_reads_the_paper_numbers_from_the_experiment(tmp_path):
+    from pipebd.experiments import load_experiment
+    from plots import speedup
+
+    d = tmp_path / "r"
+    d.mkdir()
+    pd.DataFrame([{"workload": "compress-cifar10", "strategy": "ahd", "speedup_vs_dp": 7.4}]).to_csv(
+        d / "paper_reference.csv", index=False)
+    assert speedup.paper_reference([str(d)]) == {"compress-vgg16-cifar10": {"ahd": 7.4}}
+    assert speedup.paper_reference([str(tmp_path)]) == {}
+    assert "PAPER" not in vars(speedup)  # the numbers live once, in experiments/speedup.yaml
+    assert load_experiment(os.path.join(ROOT, "experiments", "speedup.yaml")).paper_reference
 
 
 def test_breakdown(fixture_dirs, tmp_path):
