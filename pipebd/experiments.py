@@ -121,7 +121,7 @@ UNIT_COLUMNS = ["unit", "run_id", "status", "time", "workload", "strategy", "dev
                 "wall_s", "error"]
 SIMULATE_COLUMNS = ["workload", "strategy", "devices", "batch_size", "steps", "epoch_samples", "epoch_time_s",
                     "throughput_sps", "step_time_s", "fill_s", "speedup_vs_dp", "efficiency", "layout", "note",
-                    "resolution", "width_mult", "costs", "profile_devices"]
+                    "extrapolated", "resolution", "width_mult", "costs", "profile_devices"]
 SCHEDULE_COLUMNS = ["workload", "devices", "batch_size", "plan", "predicted_epoch_time_s", "dp_epoch_time_s",
                     "speedup_vs_dp", "tr_dpu_stages", "tr_dpu_epoch_time_s", "ideal_epoch_time_s", "efficiency",
                     "note", "resolution", "width_mult", "costs", "profile_devices"]
@@ -769,7 +769,7 @@ def _simulate_rows(cfg: RunConfig, costs, devices_list, costs_label: str, say) -
                          "epoch_time_s": p.epoch_s, "throughput_sps": steps * cfg.batch_size / p.epoch_s,
                          "step_time_s": p.step_s, "fill_s": p.fill_s, "speedup_vs_dp": dp / p.epoch_s if dp else None,
                          "efficiency": ideal / p.epoch_s if ideal else None, "layout": p.layout, "note": p.note,
-                         "resolution": input_resolution(cfg), "width_mult": cfg.width_mult, "costs": costs_label,
+                         "extrapolated": p.extrapolated, "resolution": input_resolution(cfg), "width_mult": cfg.width_mult, "costs": costs_label,
                          "profile_devices": cfg.devices})
     return rows
 

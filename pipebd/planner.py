@@ -11,6 +11,12 @@ where ``b = ceil(B / r_s)`` is the largest replica's share of the batch (see
 :func:`pipebd.simulate.stage_cost`; ``input`` is data loading for the first stage and the relay
 receive otherwise), subject to every replica's peak memory fitting ``memory_limit_bytes``.
 
+Memory is judged per *stage configuration* (blocks ``j..i`` at ``b`` rows), never per block
+alone: :func:`pipebd.simulate.stage_memory` adds the resident bytes of the stage's blocks, the
+largest transient and the relay buffers. The limit of a run is :func:`memory_limit_for`
+(``--memory-limit``, else on CUDA the device's memory minus a margin, else none); a plan given
+with ``--plan`` is checked against it by :func:`check_plan_memory` before anything spawns.
+
 The paper enumerates 56 hand-listed layouts for 4 devices and 6 blocks. Here the search is
 exact and general, by dynamic programming over block prefixes × devices used:
 
@@ -33,6 +39,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 
@@ -41,9 +48,15 @@ from .plan import Plan, Stage, split_rows
 from .simulate import (CostTable, StageCost, epoch_steps, estimate_cost_table, predict_ahd, random_cost_table,
                        stage_cost, stage_memory)
 
-__all__ = ["PlanError", "PlanResult", "search", "plan", "plan_for", "cost_table_for", "add_cli"]
+__all__ = ["PlanError", "PlanResult", "search", "plan", "plan_for", "pipeline_plan_for", "cost_table_for",
+           "memory_limit_for", "check_plan_memory", "check_plan_memory_for", "CUDA_MARGIN", "add_cli"]
 
 log = logging.getLogger("pipebd.planner")
+
+
+#: Part of a GPU's memory the default limit leaves free (CUDA context, NCCL buffers, fragmentation):
+#: the larger of a fraction of the total and a fixed number of bytes.
+CUDA_MARGIN = (0.05, 2 * 2**30)
 
 
 class PlanError(ConfigError):
@@ -236,13 +249,91 @@ def cost_table_for(cfg: RunConfig) -> CostTable:
     return costs
 
 
+def memory_limit_for(cfg: RunConfig, costs: CostTable | None = None) -> tuple[float | None, str]:
+    """Bytes one device of ``cfg``'s run may use, and where that number comes from.
+
+    ``cfg.memory_limit`` (``--memory-limit``) if set; else on CUDA the smallest visible GPU's
+    total memory minus :data:`CUDA_MARGIN` (divided among the ranks sharing a GPU with
+    ``--share-gpus``), or, where CUDA is not available here, the capacity the profile
+    recorded; else (CPU) no limit.
+    """
+    if cfg.memory_limit is not None:
+        if not cfg.memory_limit > 0:
+            raise ConfigError(f"--memory-limit must be > 0 bytes, got {cfg.memory_limit}; e.g. --memory-limit 70GiB")
+        return float(cfg.memory_limit), "--memory-limit"
+    if cfg.device_type != "cuda":
+        return None, "cpu: unlimited"
+    import torch
+
+    frac, floor = CUDA_MARGIN
+    if torch.cuda.is_available() and torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        total = min(torch.cuda.get_device_properties(d).total_memory for d in range(count))
+        share = -(-int(os.environ.get("LOCAL_WORLD_SIZE", cfg.devices)) // count) if cfg.share_gpus else 1
+        usable = (total - max(frac * total, floor)) / max(1, share)
+        what = f"GPU total {total / 2**30:.1f} GiB minus max({frac:.0%}, {floor / 2**30:.0f} GiB)"
+        return usable, what + (f", shared by {share} ranks" if share > 1 else "")
+    if costs is not None and costs.capacity:
+        return costs.capacity, "the profile's recorded device capacity"
+    return None, "cuda: no device here and no capacity in the profile"
+
+
 def plan_for(cfg: RunConfig, *, memory_limit_bytes: float | None = None) -> Plan:
     """The ahd plan of a run: from ``cfg.profile`` if given, else estimated costs.
 
-    ``memory_limit_bytes`` defaults to ``cfg.extra["memory_limit_bytes"]`` (none if absent).
+    ``memory_limit_bytes`` defaults to ``cfg.extra["memory_limit_bytes"]``, else
+    :func:`memory_limit_for` (``--memory-limit``, the GPU's memory, or none).
     """
+    costs = cost_table_for(cfg)
     limit = memory_limit_bytes if memory_limit_bytes is not None else cfg.extra.get("memory_limit_bytes")
-    return plan(cost_table_for(cfg), cfg.devices, cfg.batch_size, memory_limit_bytes=limit, inflight=cfg.inflight)
+    if limit is None and (cfg.memory_limit is not None or any(costs.memory)):
+        limit = memory_limit_for(cfg, costs)[0]  # a default limit is moot for a table without memory data
+    return plan(costs, cfg.devices, cfg.batch_size, memory_limit_bytes=limit, inflight=cfg.inflight)
+
+
+def pipeline_plan_for(cfg: RunConfig) -> Plan:
+    """The tr / tr-dpu layout of a run (one replica per stage) under its memory limit."""
+    from .simulate import pipeline_plan
+
+    costs = cost_table_for(cfg)
+    limit = memory_limit_for(cfg, costs)[0] if cfg.memory_limit is not None or any(costs.memory) else None
+    return pipeline_plan(costs, cfg.devices, cfg.batch_size, memory_limit_bytes=limit, inflight=cfg.inflight)
+
+
+def check_plan_memory(costs: CostTable, plan_: Plan, batch_size: int, limit: float | None, *, inflight: int = 2,
+                      limit_source: str = "--memory-limit") -> None:
+    """Raise :class:`PlanError` if a stage of ``plan_`` does not fit ``limit`` bytes per device.
+
+    Each stage is judged as a whole (:func:`~pipebd.simulate.stage_memory` at its largest
+    replica's rows); a block the profile marked out of memory at those rows fails too. Stages
+    without memory data are not checked (the estimate has none).
+    """
+    for k, s in enumerate(plan_.stages):
+        rows = max(s.rows(batch_size))
+        where = f"plan {plan_}: stage {k} ({s}: blocks {s.first}-{s.last} on {s.replicas} replica(s), {rows} rows each)"
+        oom = [i for i in s.blocks if not costs.feasible(i, rows)]
+        if oom:
+            raise PlanError(f"{where}: the profile marks block {oom[0]} out of memory at {rows} rows; give the stage "
+                            "more replicas or lower --batch-size (`python -m pipebd plan` picks a layout that fits)")
+        if limit is None:
+            continue
+        peak = stage_memory(costs, s.first, s.last, rows, inflight=inflight)
+        if peak is not None and peak > limit:
+            raise PlanError(f"{where} needs an estimated peak of {peak / 2**30:.3f} GiB ({peak:.0f} bytes: resident "
+                            f"blocks + largest transient + {inflight} relay buffers) per device, over the memory limit "
+                            f"of {limit / 2**30:.3f} GiB ({limit:.0f} bytes, {limit_source}); give that stage more "
+                            "replicas, split its blocks into more stages, lower --batch-size or raise --memory-limit "
+                            "(`python -m pipebd plan` picks a layout that fits)")
+
+
+def check_plan_memory_for(cfg: RunConfig, plan_: Plan) -> None:
+    """:func:`check_plan_memory` with ``cfg``'s cost table (:func:`cost_table_for`) and limit."""
+    costs = cost_table_for(cfg)
+    if not any(costs.memory) and all(costs.feasible(i, cfg.batch_size) for i in range(costs.num_blocks)):
+        log.info("no memory data in the cost table (no --profile?): the plan's memory is not checked")
+        return
+    limit, source = memory_limit_for(cfg, costs)
+    check_plan_memory(costs, plan_, cfg.batch_size, limit, inflight=cfg.inflight, limit_source=source)
 
 
 # ---- CLI --------------------------------------------------------------------------------
@@ -251,18 +342,19 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from .cli import config_from_args
 
     cfg = config_from_args(args)
-    limit = args.memory_limit * 2**30 if args.memory_limit else None
     if args.synthetic:
         costs = random_cost_table(cfg.seed, args.synthetic, cfg.devices, cfg.batch_size, with_memory=True)
         what = f"random table ({args.synthetic} blocks, seed {cfg.seed})"
     else:
         costs = cost_table_for(cfg)
         what = f"profile {cfg.profile}" if cfg.profile else f"FLOP estimate ({cfg.device_type})"
+    limit, source = memory_limit_for(cfg, costs)
     res = search(costs, cfg.devices, cfg.batch_size, memory_limit_bytes=limit, inflight=cfg.inflight)
     steps = args.steps_per_epoch or epoch_steps(costs.workload or cfg.workload, cfg.batch_size)
     pred = predict_ahd(costs, res.plan, cfg.batch_size, steps, inflight=cfg.inflight)
     name = costs.workload or cfg.workload
-    print(f"ahd plan: {name} on {cfg.devices} device(s), batch {cfg.batch_size}, costs from {what}")
+    print(f"ahd plan: {name} on {cfg.devices} device(s), batch {cfg.batch_size}, costs from {what}"
+          + (f", memory limit {limit / 2**30:.2f} GiB ({source})" if limit is not None else ""))
     has_mem = any(c.memory_bytes is not None for c in res.stages)
     print(f"{'stage':>5}  {'blocks':<8}{'replicas':>8}  {'rows/replica':<14}{'stage ms':>10}"
           + (f"{'mem MiB':>10}" if has_mem else ""))
@@ -282,8 +374,7 @@ def add_cli(sub) -> None:
     from .cli import add_run_options
 
     p = sub.add_parser("plan", help="choose the ahd layout (stages x replicas) for a workload on N devices")
-    add_run_options(p, strategy=False)
-    p.add_argument("--memory-limit", type=float, default=None, metavar="GB", help="per-device memory limit")
+    add_run_options(p, strategy=False)  # includes --memory-limit BYTES (e.g. 70GiB)
     p.add_argument("--steps-per-epoch", type=int, default=None, help="steps of one epoch for the predicted time")
     p.add_argument("--synthetic", type=int, default=None, metavar="BLOCKS",
                    help="plan a random cost table of BLOCKS blocks instead (planner scaling check)")

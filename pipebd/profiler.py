@@ -5,8 +5,10 @@ launches ``N`` ranks (``torch.multiprocessing`` spawn on a ``TCPStore``, the run
 ``torchrun``) and measures on every rank *at the same time*, so contention for cores, memory
 bandwidth and the interconnect is part of every number:
 
-- for each block ``i`` and each candidate per-replica batch ``b = ceil(B/g)``, ``g = 1..N``:
-  teacher forward seconds and student train-step seconds (a fresh
+- for each block ``i`` and each candidate per-replica batch ``b = ceil(B/g)``,
+  ``g = 1..G`` (``G = --replica-groups``, default ``max(N, 4)``, so even a 1- or 2-rank profile
+  has at least three sizes and :mod:`pipebd.costfit` can separate a block's fixed cost from its
+  per-sample cost): teacher forward seconds and student train-step seconds (a fresh
   :class:`~pipebd.distill.BlockTrainer`: forward + loss + backward + SGD step). Each block is
   first warmed (``--warmup`` untimed steps; supernet students also run one step on each choice
   index of every cell, so every candidate op is warm); then ``--steps`` timed trials each run
@@ -17,13 +19,24 @@ bandwidth and the interconnect is part of every number:
   configuration minus what was resident before it, plus the block's parameters and its
   input/target activations; on CPU an *estimate* — parameters + momentum + gradients +
   input/target activations + the bytes autograd saves for backward (counted with
-  ``torch.autograd.graph.saved_tensors_hooks``). A CUDA out-of-memory marks the configuration
-  infeasible instead of ending the run;
+  ``torch.autograd.graph.saved_tensors_hooks``). Out of memory is a property of a *stage*
+  configuration (:func:`pipebd.simulate.stage_memory`: the stage's resident blocks plus its
+  largest transient), so an out-of-memory with every block resident does not condemn a block:
+  the ranks agree to re-measure from then on in *lean* mode, each block with only its own
+  teacher and student on the device (the others offloaded to the host), and only a block that
+  does not fit even alone is marked infeasible. The bytes a device may use (``--memory-limit``,
+  else the GPU's memory minus a margin) are recorded as the table's ``capacity``, so the
+  planner judges every stage against it;
 - relay: half the round trip of a real ``send``/``recv`` ping-pong of the activation entering
   each block, for each candidate batch, on rank pairs (0,1), (2,3), … simultaneously;
 - all-reduce of each block's student gradients (a flat buffer of the gradient bytes one step
   produces) over groups ``{0..g-1}`` made with ``dist.new_group``, for ``g = 2..N``;
-- data loading per sample (each rank loads its own ``ceil(B/N)``-row shards) and a barrier.
+- data loading at each candidate batch (each rank loads its own shards) and a barrier.
+
+With one rank there is nothing to send: relay, all-reduce (``g = 2..G``) and barrier rows are
+*modelled* instead — ``latency + bytes / bandwidth`` point to point, the ring all-reduce
+``2(g-1)·latency + 2(g-1)/g · bytes / bandwidth``, ``latency · log2 g`` — with the device
+constants of :data:`pipebd.simulate.ESTIMATE_SPECS`, and their ``note`` column says so.
 
 Rank 0 combines the ranks' medians (median over ranks; memory: the maximum) and writes one
 tidy CSV (:data:`pipebd.simulate.CSV_COLUMNS`) that :meth:`CostTable.from_csv` reads back, so
@@ -52,10 +65,15 @@ from .runner import init_rank
 from .config import ConfigError, RunConfig, data_config, validate, workload_options
 from .data import DataSource
 from .distill import BlockTrainer, OptimConfig
-from .simulate import CSV_COLUMNS, CostTable, _write_csv, candidate_batches
+from .simulate import CSV_COLUMNS, ESTIMATE_SPECS, CostTable, _write_csv, candidate_batches
 from .zoo import WorkloadError, build_workload, canonical_name
 
 __all__ = ["ProfileOptions", "profile", "default_profile_path", "add_cli"]
+
+
+#: Fewest replica groups a profile covers (per-replica batches B, B/2, B/3, B/4): three or more
+#: sizes let the cost model fit a fixed + per-sample cost (:mod:`pipebd.costfit`).
+MIN_REPLICA_GROUPS = 4
 
 
 @dataclass(frozen=True)
@@ -64,12 +82,23 @@ class ProfileOptions:
     trials: int = 7  # timed repetitions of each compute configuration
     warmup: int = 2  # untimed repetitions before them
     comm_trials: int = 10  # timed repetitions of each relay / all-reduce / barrier
+    replica_groups: int | None = None  # per-replica batches ceil(B/g), g = 1..G; None: max(ranks, 4)
 
     @classmethod
-    def for_config(cls, cfg: RunConfig, out: str, *, quick: bool = False) -> "ProfileOptions":
+    def for_config(cls, cfg: RunConfig, out: str, *, quick: bool = False,
+                   replica_groups: int | None = None) -> "ProfileOptions":
         if quick:
-            return cls(out=out, trials=2, warmup=1, comm_trials=3)
-        return cls(out=out, trials=cfg.steps, warmup=cfg.warmup, comm_trials=max(5, cfg.steps))
+            return cls(out=out, trials=2, warmup=1, comm_trials=3, replica_groups=replica_groups)
+        return cls(out=out, trials=cfg.steps, warmup=cfg.warmup, comm_trials=max(5, cfg.steps),
+                   replica_groups=replica_groups)
+
+    def groups(self, devices: int) -> int:
+        """``G``: the largest replica group whose per-replica batch is profiled."""
+        return self.replica_groups if self.replica_groups is not None else max(devices, MIN_REPLICA_GROUPS)
+
+    def batches(self, batch_size: int, devices: int) -> list[int]:
+        """The per-replica batch sizes profiled: ``ceil(B/g)`` for ``g = 1..G``, distinct, descending."""
+        return candidate_batches(batch_size, self.groups(devices))
 
 
 def default_profile_path(cfg: RunConfig, out: str | None = None) -> str:
@@ -87,9 +116,14 @@ def _canonical(workload: str) -> str:
         raise ConfigError(str(e)) from None
 
 
-def _validate(cfg: RunConfig, out: str) -> None:
+def _validate(cfg: RunConfig, out: str, opts: ProfileOptions | None = None) -> None:
     if cfg.devices < 1:
         raise ConfigError(f"--devices must be >= 1, got {cfg.devices}")
+    g = opts.replica_groups if opts is not None else None
+    if g is not None and g < cfg.devices:
+        raise ConfigError(f"--replica-groups {g} is below --devices {cfg.devices}: a stage on all {cfg.devices} "
+                          f"ranks trains ceil(B/{cfg.devices}) rows, which would not be profiled; use "
+                          f"--replica-groups {max(cfg.devices, MIN_REPLICA_GROUPS)} or more (or omit it)")
     if cfg.batch_size < cfg.devices:
         raise ConfigError(f"--batch-size {cfg.batch_size} is smaller than --devices {cfg.devices}: the smallest "
                           "candidate batch ceil(B/N) needs at least one row per device")
@@ -103,16 +137,21 @@ def _validate(cfg: RunConfig, out: str) -> None:
                               f"{torch.cuda.device_count()}; lower --devices")
 
 
-def profile(cfg: RunConfig, out: str, *, quick: bool = False) -> CostTable | None:
+def profile(cfg: RunConfig, out: str, *, quick: bool = False, replica_groups: int | None = None) -> CostTable | None:
     """Profile ``cfg.workload`` on ``cfg.devices`` ranks at global batch ``cfg.batch_size``; write ``out``.
 
-    Returns the table (on the launching process / rank 0; ``None`` on other torchrun ranks).
+    ``replica_groups`` is ``G`` of :class:`ProfileOptions` (per-replica batches ``ceil(B/g)``,
+    ``g = 1..G``; default ``max(devices, 4)``). Returns the table (on the launching process /
+    rank 0; ``None`` on other torchrun ranks).
     """
     from .runner import under_torchrun
 
     cfg = cfg.replace(workload=_canonical(cfg.workload))
-    _validate(cfg, out)
-    opts = ProfileOptions.for_config(cfg, out, quick=quick)
+    if replica_groups is not None and replica_groups < 1:
+        raise ConfigError(f"--replica-groups must be >= 1, got {replica_groups}; e.g. --replica-groups 8 profiles "
+                          "the per-replica batches of stages of up to 8 replicas")
+    opts = ProfileOptions.for_config(cfg, out, quick=quick, replica_groups=replica_groups)
+    _validate(cfg, out, opts)
     if under_torchrun():
         world = int(os.environ["WORLD_SIZE"])
         if world != cfg.devices:
@@ -197,10 +236,12 @@ class _Profiler:
         self.data = DataSource(data_config(cfg, self.wl), cfg.batch_size)
         self.teachers = [t.to(device) for t in self.wl.teacher]
         self.students = [s.to(device) for s in self.wl.student]
-        self.batches = candidate_batches(cfg.batch_size, world)
+        self.batches = opts.batches(cfg.batch_size, world)
+        self.groups = opts.groups(world)
         self.act_bytes = [math.prod(s) * 4 for s in self.wl.boundary_shapes]  # float32 per sample
         self.grad_bytes = [0] * self.n
         self.rows: list[dict] = []
+        self.lean = False  # one block resident at a time (after an out-of-memory with all resident)
 
     def _row(self, kind: str, **kw) -> None:
         self.rows.append({"kind": kind, "rank": self.rank, **kw})
@@ -237,6 +278,11 @@ class _Profiler:
                 self._row("activation", block=k, bytes=nb)
             for i in range(self.n):
                 self._row("static_memory", block=i, bytes=_nbytes(self.teachers[i]) + 2 * _nbytes(self.students[i]))
+            from .planner import memory_limit_for
+
+            capacity, source = memory_limit_for(self.cfg)
+            if capacity is not None:
+                self._row("capacity", bytes=capacity, note=source)
         self._data()
         for b in self.batches:
             self._compute(b)
@@ -247,14 +293,31 @@ class _Profiler:
 
     # ---- measurements -------------------------------------------------------------------
     def _data(self) -> None:
-        b = -(-self.cfg.batch_size // self.world)
         trials = self.opts.comm_trials
-        dist.barrier()
-        self.data.load(self.rank, 0, b)
-        times = [self._wall(lambda s=s: self.data.load(self.rank * trials + s + 1, 0, b)) for s in range(trials)]
-        self._row("data", batch=b, seconds=statistics.median(times))
+        for k, b in enumerate(self.batches):
+            dist.barrier()
+            self.data.load(self.rank, 0, b)
+            times = [self._wall(lambda s=s: self.data.load((k * self.world + self.rank) * trials + s + 1, 0, b))
+                     for s in range(trials)]
+            self._row("data", batch=b, seconds=statistics.median(times))
 
     def _compute(self, b: int) -> None:
+        """Every block at ``b`` rows; lean (one block resident) once any rank ran out of memory."""
+        if not self.lean:
+            start = len(self.rows)
+            oom = self._compute_resident(b)
+            flags: list = [None] * self.world
+            dist.all_gather_object(flags, oom)
+            if not any(flags):
+                return
+            del self.rows[start:]  # re-measured below, each block on its own
+            self.lean = True
+            self._free()
+        self._compute_lean(b)
+
+    def _compute_resident(self, b: int) -> bool:
+        """Every block resident, the chain timed as a stage runs it; True if something ran out of memory."""
+        oom = False
         dist.barrier()
         x = None
         try:
@@ -274,7 +337,7 @@ class _Profiler:
                 if not _is_oom(e):
                     raise
                 self._infeasible(i, b)
-                x = None
+                x, oom = None, True
                 self._free()
                 continue
             try:
@@ -286,42 +349,118 @@ class _Profiler:
                     raise
                 self._row("student", block=i, batch=b, feasible=0, note="out of memory")
                 self._row("memory", block=i, batch=b, feasible=0, note="out of memory")
+                oom = True
                 self._free()
             x = y
-        if x0 is not None:
-            self._time_chain(b, x0, chain)
+        return self._time_chain(b, x0, chain) or oom  # x0 None: barriers only, so every rank meets them
 
-    def _time_chain(self, b: int, x0: torch.Tensor, chain: dict[int, BlockTrainer]) -> None:
+    def _compute_lean(self, b: int) -> None:
+        """Each block alone on the device (teacher ``i`` and student ``i``; the rest on the host):
+        teacher times on the relayed activation, then the student's; infeasible only if it does not
+        fit alone (later blocks then have no input at this size)."""
+        dist.barrier()
+        x = None
+        try:
+            x = self.data.load(0, 0, b)[0].to(self.device)
+        except Exception as e:  # noqa: BLE001
+            if not _is_oom(e):
+                raise
+        note = "measured alone (other blocks offloaded)"
+        start = max(1, self.opts.warmup)
+        for i in range(self.n):
+            dist.barrier()
+            if x is None:
+                self._infeasible(i, b)
+                continue
+            self._only(i)
+            try:
+                y = self._teacher(i, x)
+                with torch.no_grad():
+                    t_times = [self._time(lambda: self.teachers[i](x)) for _ in range(self.opts.trials)]
+            except Exception as e:  # noqa: BLE001
+                if not _is_oom(e):
+                    raise
+                self._infeasible(i, b)
+                x = None
+                self._free()
+                continue
+            self._row("teacher", block=i, batch=b, seconds=statistics.median(t_times), note=note)
+            try:
+                trainer, mem, method = self._student(i, x, y)
+
+                def step(k: int) -> None:
+                    trainer.begin(k)
+                    trainer.accumulate(x, y)
+                    trainer.apply()
+
+                s_times = [self._time(lambda k=k: step(start + k)) for k in range(self.opts.trials)]
+                central = statistics.mean if getattr(self.students[i], "is_supernet", False) else statistics.median
+                self._row("student", block=i, batch=b, seconds=central(s_times), note=note)
+                self._row("memory", block=i, batch=b, bytes=mem, note=f"{method}; {note}")
+                del trainer
+            except Exception as e:  # noqa: BLE001
+                if not _is_oom(e):
+                    raise
+                self._row("student", block=i, batch=b, feasible=0, note="out of memory alone")
+                self._row("memory", block=i, batch=b, feasible=0, note="out of memory alone")
+            self._free()
+            x = y
+
+    def _only(self, i: int) -> None:
+        """Teacher and student ``i`` on the device, every other block on the host."""
+        host = torch.device("cpu")
+        for j in range(self.n):
+            where = self.device if j == i else host
+            self.students[j].zero_grad(set_to_none=True)
+            self.teachers[j].to(where)
+            self.students[j].to(where)
+        if self.cuda:
+            torch.cuda.empty_cache()
+
+    def _time_chain(self, b: int, x0: torch.Tensor | None, chain: dict[int, BlockTrainer]) -> bool:
         """Time teacher and student of every block the way a Pipe-BD stage executes them: per
         trial, the teacher chain on fresh activations, then every student, all ranks at once.
         (Timing each block in isolation on a reused input measured memory-bound teacher blocks
         up to 1.5x slower than runs pay: caches and bandwidth contention differ.)
         A supernet's step time depends on the sampled path, so it reports the mean over trials
-        (the expected cost a run pays); everything else reports the median.
+        (the expected cost a run pays); everything else reports the median. Returns True (and
+        records nothing) if the chain ran out of memory; every rank still meets every barrier.
         """
         t_times: dict[int, list[float]] = {i: [] for i in range(self.n)}
         s_times: dict[int, list[float]] = {i: [] for i in chain}
         start = max(1, self.opts.warmup)
+        failed = x0 is None
         for trial in range(self.opts.trials + 1):  # the first pass only warms the chain
             dist.barrier()
+            if failed:
+                continue
             acts = [x0]
-            for i in range(self.n):
-                with torch.no_grad():
-                    box = []
-                    t = self._time(lambda: box.append(self.teachers[i](acts[-1])))
-                acts.append(box[0])
-                if trial:
-                    t_times[i].append(t)
-            for i, tr in chain.items():
-                def step(k: int = start + trial) -> None:
-                    tr.begin(k)
-                    tr.accumulate(acts[i], acts[i + 1])
-                    tr.apply()
+            try:
+                for i in range(self.n):
+                    with torch.no_grad():
+                        box = []
+                        t = self._time(lambda: box.append(self.teachers[i](acts[-1])))
+                    acts.append(box[0])
+                    if trial:
+                        t_times[i].append(t)
+                for i, tr in chain.items():
+                    def step(k: int = start + trial) -> None:
+                        tr.begin(k)
+                        tr.accumulate(acts[i], acts[i + 1])
+                        tr.apply()
 
-                st = self._time(step)
-                if trial:
-                    s_times[i].append(st)
+                    st = self._time(step)
+                    if trial:
+                        s_times[i].append(st)
+            except Exception as e:  # noqa: BLE001
+                if not _is_oom(e):
+                    raise
+                failed = True
             del acts
+        if failed:
+            chain.clear()
+            self._free()
+            return True
         for i in range(self.n):
             self._row("teacher", block=i, batch=b, seconds=statistics.median(t_times[i]))
             if i in chain:
@@ -329,6 +468,7 @@ class _Profiler:
                 central = statistics.mean if supernet else statistics.median
                 self._row("student", block=i, batch=b, seconds=central(s_times[i]))
         chain.clear()
+        return False
 
     def _infeasible(self, i: int, b: int) -> None:
         for kind in ("teacher", "student", "memory"):
@@ -383,7 +523,27 @@ class _Profiler:
             method = "cpu estimate: params+momentum+grads+io+saved activations"
         return trainer, float(mem), method
 
+    def _modelled(self) -> None:
+        """One rank: relay, all-reduce and barrier rows from bytes and :data:`ESTIMATE_SPECS` constants."""
+        spec = ESTIMATE_SPECS.get(self.cfg.device_type, ESTIMATE_SPECS["cpu"])
+        lat, p2p, ar = spec.latency_s, spec.p2p_bytes_per_s, spec.allreduce_bytes_per_s
+        why = "(one rank profiled, nothing to send)"
+        for k in range(1, self.n):
+            for b in self.batches:
+                nbytes = self.act_bytes[k] * b
+                self._row("relay", block=k, batch=b, seconds=lat + nbytes / p2p, bytes=nbytes,
+                          note=f"modelled: {lat:g} s + bytes / {p2p:g} B/s {why}")
+        for i, nbytes in enumerate(self.grad_bytes):
+            for g in range(2, self.groups + 1):
+                self._row("allreduce", block=i, group=g, bytes=nbytes,
+                          seconds=2 * (g - 1) * lat + 2 * (g - 1) / g * nbytes / ar,
+                          note=f"modelled: ring 2(g-1)*{lat:g} s + 2(g-1)/g * bytes / {ar:g} B/s {why}")
+        for g in range(2, self.groups + 1):
+            self._row("barrier", group=g, seconds=lat * math.log2(g), note=f"modelled: {lat:g} s * log2(g) {why}")
+
     def _relay(self) -> None:
+        if self.world < 2:
+            return self._modelled()
         paired = self.rank < self.world - self.world % 2
         partner = self.rank ^ 1
         for k in range(1, self.n):
@@ -459,18 +619,19 @@ def _write(cfg: RunConfig, opts: ProfileOptions, rows: list[dict]) -> None:
             "batch_size": cfg.batch_size, "source": "profile"}
     out = []
     order = {k: i for i, k in enumerate(("teacher", "student", "memory", "static_memory", "activation", "relay",
-                                         "allreduce", "data", "barrier"))}
+                                         "allreduce", "data", "barrier", "capacity"))}
     for (kind, block, batch, group), rs in sorted(
             groups.items(), key=lambda kv: (order[kv[0][0]], *(-1 if v is None else v for v in kv[0][1:]))):
         feasible = min(int(r.get("feasible", 1)) for r in rs)
         secs = [r["seconds"] for r in rs if r.get("seconds") is not None]
         nbytes = [r["bytes"] for r in rs if r.get("bytes") is not None]
         trials = opts.trials if kind in ("teacher", "student") else opts.comm_trials
+        note = next((r["note"] for r in rs if r.get("note")), "")
+        measured = kind not in ("activation", "static_memory", "memory", "capacity") and not note.startswith("modelled")
         out.append({"kind": kind, "block": block, "batch": batch, "group": group,
                     "seconds": statistics.median(secs) if secs and feasible else None,
                     "bytes": max(nbytes) if nbytes and feasible else None, "feasible": feasible, "ranks": len(rs),
-                    "trials": trials if kind not in ("activation", "static_memory", "memory") else None,
-                    "note": next((r["note"] for r in rs if r.get("note")), ""), **meta})
+                    "trials": trials if measured else None, "note": note, **meta})
     CostTable.from_rows(out)  # refuse to write a table that cannot be read back
     _write_csv(opts.out, out, CSV_COLUMNS)
 
@@ -483,13 +644,14 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, out="results")
     out = default_profile_path(cfg, args.out)
     t0 = time.perf_counter()
-    costs = profile(cfg, out, quick=args.quick)
+    costs = profile(cfg, out, quick=args.quick, replica_groups=args.replica_groups)
     if costs is None:
         return 0
-    print(f"profiled {costs.workload} on {cfg.devices} {cfg.device_type} rank(s), batch {cfg.batch_size} "
-          f"(per-replica sizes {', '.join(map(str, candidate_batches(cfg.batch_size, cfg.devices)))}) "
-          f"in {time.perf_counter() - t0:.1f} s")
     sizes = sorted(costs.batches(), reverse=True)
+    print(f"profiled {costs.workload} on {cfg.devices} {cfg.device_type} rank(s), batch {cfg.batch_size} "
+          f"(per-replica sizes {', '.join(map(str, sizes))}) in {time.perf_counter() - t0:.1f} s")
+    for gap in costs.gaps():
+        print(f"  note: {gap}")
     print(f"{'block':>5}  " + "  ".join(f"{'b=' + str(b) + ' T/S ms':>18}" for b in sizes))
     for i in range(costs.num_blocks):
         cells = []
@@ -508,5 +670,8 @@ def add_cli(sub) -> None:
     p = sub.add_parser("profile", help="measure per-block compute, memory and communication costs on N ranks")
     add_run_options(p, strategy=False)
     p.add_argument("--quick", action="store_true", help="few trials (tests, smoke checks)")
+    p.add_argument("--replica-groups", type=int, default=None, metavar="G",
+                   help=f"profile the per-replica batches ceil(B/g) for g = 1..G, even with fewer ranks "
+                        f"(default: max(--devices, {MIN_REPLICA_GROUPS})); G >= --devices")
     # --out names the CSV here (a directory gets <workload>-<device>-n<N>-b<B>.csv); trials = --steps
     p.set_defaults(func=_cmd_profile, out=None, steps=7, warmup=2, timeout=600.0)

@@ -14,13 +14,18 @@ benchmarks and the experiments. A :class:`CostTable` holds, per block ``i``:
 
 plus ``relay[k][b]`` (seconds to receive ``b`` rows of the activation entering block ``k``,
 ``k = 1..n-1``; point-to-point, paid by the receiver), ``data_per_sample`` (seconds to load one
-sample), ``activation_bytes[k]`` (bytes per sample of the activation entering block ``k``;
+sample; ``data[b]`` seconds for ``b`` rows where profiled at several sizes), ``capacity`` (bytes
+one profiled device could use), ``activation_bytes[k]`` (bytes per sample of the activation entering block ``k``;
 ``k = n`` is the logits) and ``barrier[g]`` (seconds of a barrier over ``g`` ranks).
 
 Times are measured at a few per-replica batch sizes (the profiler uses ``ceil(B/g)``,
-``g = 1..N``) and are a function of the row count: exact at measured points, linear between
-them, and proportional (constant per-sample time) outside them. All-reduce times beyond the
-measured group sizes follow the ring all-reduce factor ``2(g-1)/g``.
+``g = 1..G``, ``G = --replica-groups``, at least 4) and are a function of the row count
+(:mod:`pipebd.costfit`): exact at measured points, linear between them, and outside them a
+fixed + per-sample line ``a + c·b`` fitted by non-negative least squares (one point:
+proportional, listed by :meth:`CostTable.gaps`); :attr:`Prediction.extrapolated` says when a
+prediction used a per-replica batch outside a block's measured range. All-reduce times beyond
+the measured group sizes follow the ring all-reduce factor ``2(g-1)/g``. Rows a profile did not
+measure but modelled (one rank: relay and all-reduce from bytes) are listed in ``modelled``.
 
 Predictions, for ``steps`` steps of global batch ``B`` (one epoch):
 
@@ -47,7 +52,6 @@ is modelled as one unit whose per-batch time is its slowest replica plus the all
 from __future__ import annotations
 
 import argparse
-import bisect
 import csv
 import dataclasses
 import io
@@ -61,6 +65,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 from .config import ConfigError
+from .costfit import evaluate as _interp
+from .costfit import measured_range as _range
 from .plan import Plan, Stage
 
 __all__ = [
@@ -80,7 +86,8 @@ STRATEGIES = ("sequential", "dp", "ls", "tr", "tr-dpu", "ahd", "ideal")
 CSV_COLUMNS = ["kind", "block", "batch", "group", "seconds", "bytes", "feasible", "ranks", "trials", "note",
                "workload", "device_type", "devices", "batch_size", "source"]
 
-_KINDS = ("teacher", "student", "relay", "allreduce", "memory", "static_memory", "activation", "data", "barrier")
+_KINDS = ("teacher", "student", "relay", "allreduce", "memory", "static_memory", "activation", "data", "barrier",
+          "capacity")
 
 
 def candidate_batches(batch_size: int, devices: int) -> list[int]:
@@ -88,35 +95,6 @@ def candidate_batches(batch_size: int, devices: int) -> list[int]:
     if batch_size < 1 or devices < 1:
         raise ValueError(f"batch size and devices must be >= 1, got {batch_size} and {devices}")
     return sorted({-(-batch_size // g) for g in range(1, min(devices, batch_size) + 1)}, reverse=True)
-
-
-def _interp(points: Mapping[int, float], x: float) -> float:
-    """Exact at points, linear between them, proportional (constant per unit) outside them."""
-    if not points:
-        raise KeyError("no points")
-    if x in points:
-        return float(points[x])
-    xs = sorted(points)
-    if x < xs[0]:
-        return float(points[xs[0]]) * x / xs[0]
-    if x > xs[-1]:
-        return float(points[xs[-1]]) * x / xs[-1]
-    hi = bisect.bisect_left(xs, x)
-    x0, x1 = xs[hi - 1], xs[hi]
-    y0, y1 = float(points[x0]), float(points[x1])
-    if math.isinf(y0) or math.isinf(y1):
-        return math.inf
-    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-
-
-def _interp_affine(points: Mapping[int, float], x: float) -> float:
-    """Like :func:`_interp` but extrapolates along the nearest segment (memory has a fixed part)."""
-    xs = sorted(points)
-    if len(xs) < 2 or xs[0] <= x <= xs[-1]:
-        return _interp(points, x)
-    x0, x1 = (xs[0], xs[1]) if x < xs[0] else (xs[-2], xs[-1])
-    y0, y1 = float(points[x0]), float(points[x1])
-    return max(0.0, y0 + (y1 - y0) * (x - x0) / (x1 - x0))
 
 
 def _ring(g: int) -> float:
@@ -152,6 +130,9 @@ class CostTable:
     devices: int = 0  # ranks the profile ran on
     batch_size: int = 0  # global batch the profile's candidate sizes derive from
     source: str = ""  # "profile", "estimate" or "synthetic"
+    data: dict[int, float] = field(default_factory=dict)  # seconds to load b rows (else data_per_sample * b)
+    capacity: float = 0.0  # bytes one profiled device could use (0: unknown)
+    modelled: tuple[str, ...] = ()  # kinds whose values a model gave (one-rank profile), not a measurement
 
     def __post_init__(self) -> None:
         n = self.num_blocks
@@ -164,6 +145,8 @@ class CostTable:
         self.activation_bytes = ([float(v) for v in self.activation_bytes]
                                  + [0.0] * (n + 1 - len(self.activation_bytes)))
         self.barrier = _intkeys(self.barrier)
+        self.data = _intkeys(self.data)
+        self.modelled = tuple(self.modelled)
         self.validate()
 
     # ---- checks -------------------------------------------------------------------------
@@ -201,7 +184,30 @@ class CostTable:
                 out.append(f"all-reduce measured up to {top} ranks; larger groups scaled by the ring factor 2(g-1)/g")
         if not any(self.memory):
             out.append("no memory data: memory limits cannot be checked")
+        for kind in self.modelled:
+            out.append(f"{kind} times are modelled from bytes, not measured (a one-rank profile)")
+        single = [i for i in range(n) if min(len(self.teacher[i]), len(self.student[i])) == 1]
+        if single:
+            out.append(f"block(s) {', '.join(map(str, single))} measured at one batch size: other sizes scale "
+                       "proportionally (no fixed cost); profile with --replica-groups 4 or more")
+        lo = max((r[0] for r in map(self.measured_range, range(n)) if r), default=None)
+        if devices is not None and self.batch_size and lo is not None and -(-self.batch_size // devices) < lo:
+            out.append(f"per-replica batches below {lo} rows (ceil({self.batch_size}/{devices}) = "
+                       f"{-(-self.batch_size // devices)}) are extrapolated by the fitted fixed + per-sample model")
         return out
+
+    def measured_range(self, block: int) -> tuple[int, int] | None:
+        """Smallest and largest row count block ``block``'s teacher or student was measured at."""
+        return _range({**self.teacher[block], **self.student[block]})
+
+    def extrapolates(self, rows: Iterable[float], blocks: Iterable[int] | None = None) -> bool:
+        """True if some row count lies outside the measured range of one of ``blocks`` (default: all)."""
+        rows = [r for r in rows if r > 0]
+        for i in range(self.num_blocks) if blocks is None else blocks:
+            lo, hi = self.measured_range(i)
+            if any(r < lo or r > hi for r in rows):
+                return True
+        return False
 
     # ---- cost functions -----------------------------------------------------------------
     def teacher_time(self, block: int, rows: float) -> float:
@@ -216,6 +222,8 @@ class CostTable:
         return _interp(pts, rows) if pts and rows > 0 else 0.0
 
     def data_time(self, rows: float) -> float:
+        if self.data and rows > 0:
+            return _interp(self.data, rows)
         return self.data_per_sample * rows
 
     def allreduce_time(self, block: int, group: int) -> float:
@@ -244,7 +252,7 @@ class CostTable:
     def memory_bytes(self, block: int, rows: float) -> float | None:
         """Peak bytes to train ``block`` alone on ``rows`` rows, or ``None`` if not measured."""
         pts = self.memory[block]
-        return _interp_affine(pts, rows) if pts else None
+        return _interp(pts, rows, fixed=self.static_memory[block] or None) if pts else None
 
     def feasible(self, block: int, rows: float) -> bool:
         """False where the profile recorded an out-of-memory at or below ``rows`` rows."""
@@ -264,7 +272,8 @@ class CostTable:
 
         def add(kind, block=None, batch=None, group=None, seconds=None, nbytes=None, feasible=1):
             rows.append({"kind": kind, "block": block, "batch": batch, "group": group, "seconds": seconds,
-                         "bytes": nbytes, "feasible": feasible, "ranks": None, "trials": None, "note": "", **meta})
+                         "bytes": nbytes, "feasible": feasible, "ranks": None, "trials": None,
+                         "note": "modelled" if kind in self.modelled else "", **meta})
 
         for i in range(self.num_blocks):
             for b, t in sorted(self.teacher[i].items()):
@@ -282,10 +291,14 @@ class CostTable:
         for k, m in enumerate(self.activation_bytes):
             if m:
                 add("activation", k, nbytes=m)
-        if self.data_per_sample:
+        for b, t in sorted(self.data.items()):
+            add("data", batch=b, seconds=t)
+        if self.data_per_sample and not self.data:
             add("data", batch=1, seconds=self.data_per_sample)
         for g, t in sorted(self.barrier.items()):
             add("barrier", group=g, seconds=t)
+        if self.capacity:
+            add("capacity", nbytes=self.capacity)
         return rows
 
     @classmethod
@@ -296,6 +309,7 @@ class CostTable:
             raise ConfigError("the cost table is empty (no rows); re-run `python -m pipebd profile`")
         acc: dict[tuple, list[float]] = defaultdict(list)
         meta: dict[str, object] = {}
+        modelled: set[str] = set()
         blocks = -1
         for r in rows:
             kind = str(r.get("kind", "")).strip()
@@ -307,13 +321,15 @@ class CostTable:
                 raise ConfigError(f"cost table row of kind {kind!r} has no block: {dict(r)}")
             if kind in ("teacher", "student", "memory"):
                 blocks = max(blocks, block)
-            is_bytes = kind in ("memory", "static_memory", "activation")
+            is_bytes = kind in ("memory", "static_memory", "activation", "capacity")
             value = _opt_float(r.get("bytes") if is_bytes else r.get("seconds"))
             if feasible == 0 and kind in ("teacher", "student"):
                 value = math.inf
             if value is None:
                 continue
             acc[(kind, block, batch, group)].append(value)
+            if str(r.get("note") or "").startswith("modelled"):
+                modelled.add(kind)
             for c in ("workload", "device_type", "source"):
                 if r.get(c) not in (None, "") and not _isnan(r.get(c)):
                     meta.setdefault(c, str(r[c]))
@@ -332,6 +348,8 @@ class CostTable:
         act = [0.0] * (n + 1)
         barrier: dict[int, float] = {}
         data_ps: list[float] = []
+        data: dict[int, float] = {}
+        capacity = 0.0
         for (kind, block, batch, group), vals in acc.items():
             v = _median(vals)
             if kind in ("teacher", "student", "relay", "memory"):
@@ -349,6 +367,10 @@ class CostTable:
                     act[block] = v
             elif kind == "data":
                 data_ps.append(v / (batch or 1))
+                if batch:
+                    data[batch] = v
+            elif kind == "capacity":
+                capacity = v
             elif kind == "barrier":
                 barrier[group or 1] = v
         return cls(num_blocks=n, teacher=teacher, student=student,
@@ -356,7 +378,8 @@ class CostTable:
                    memory=memory, static_memory=static, activation_bytes=act, barrier=barrier,
                    workload=str(meta.get("workload", "")), device_type=str(meta.get("device_type", "")),
                    devices=int(meta.get("devices", 0) or 0), batch_size=int(meta.get("batch_size", 0) or 0),
-                   source=str(meta.get("source", "")))
+                   source=str(meta.get("source", "")), data=data if len(data) > 1 else {}, capacity=capacity,
+                   modelled=tuple(k for k in _KINDS if k in modelled))
 
     def to_csv(self, path: str) -> None:
         _write_csv(path, self.to_rows(), CSV_COLUMNS)
@@ -449,6 +472,7 @@ class StageCost:
     total_s: float  # busy seconds per batch: max over replicas(input + teacher + student) + all-reduce
     teacher_done_s: float  # seconds after the start when the stage's output can be sent
     memory_bytes: float | None  # peak bytes of the largest replica (None: not measured)
+    extrapolated: bool = False  # a replica's rows lie outside a block's measured batch sizes
 
     @property
     def work_s(self) -> float:
@@ -473,7 +497,8 @@ def stage_cost(costs: CostTable, stage: Stage, batch_size: int, *, inflight: int
     ar = sum(costs.allreduce_time(i, stage.replicas) for i in stage.blocks)
     return StageCost(stage=stage, rows=rows, input_s=inp, teacher_s=tch, student_s=stu, allreduce_s=ar,
                      total_s=inp + tch + stu + ar, teacher_done_s=inp + tch,
-                     memory_bytes=stage_memory(costs, stage.first, stage.last, max(rows), inflight=inflight))
+                     memory_bytes=stage_memory(costs, stage.first, stage.last, max(rows), inflight=inflight),
+                     extrapolated=costs.extrapolates(set(rows), stage.blocks))
 
 
 def stage_memory(costs: CostTable, first: int, last: int, rows: int, *, inflight: int = 2) -> float | None:
@@ -561,13 +586,15 @@ class Prediction:
     fill_s: float = 0.0
     layout: str = ""  # the plan / stages / ls map the prediction assumes
     note: str = ""
+    extrapolated: bool = False  # priced from a per-replica batch outside the measured range (costfit)
 
 
 def predict_sequential(costs: CostTable, batch_size: int, steps: int) -> Prediction:
     n = costs.num_blocks
     step = costs.data_time(batch_size) + sum(costs.teacher_time(i, batch_size) + costs.student_time(i, batch_size)
                                              for i in range(n))
-    return Prediction("sequential", 1, batch_size, steps, steps * step, step)
+    return Prediction("sequential", 1, batch_size, steps, steps * step, step,
+                      extrapolated=costs.extrapolates([batch_size]))
 
 
 def predict_dp(costs: CostTable, devices: int, batch_size: int, steps: int) -> Prediction:
@@ -580,7 +607,8 @@ def predict_dp(costs: CostTable, devices: int, batch_size: int, steps: int) -> P
     for i in range(costs.num_blocks):
         teacher_prefix += costs.teacher_time(i, b)
         total += costs.data_time(b) + teacher_prefix + costs.student_time(i, b) + costs.allreduce_time(i, devices)
-    return Prediction("dp", devices, batch_size, steps, steps * total, total, layout=f"{devices} replicas x {b} rows")
+    return Prediction("dp", devices, batch_size, steps, steps * total, total, layout=f"{devices} replicas x {b} rows",
+                      extrapolated=costs.extrapolates([b]))
 
 
 def _ls_block_step(costs: CostTable, block: int, batch_size: int) -> float:
@@ -629,7 +657,8 @@ def predict_ls(costs: CostTable, devices: int, batch_size: int, steps: int,
     assignment = assignment if assignment is not None else ls_assignment(costs, devices, batch_size)
     step = max(sum(_ls_block_step(costs, i, batch_size) for i in a) for a in assignment)
     note = f"uses {len(assignment)} of {devices} devices" if len(assignment) < devices else ""
-    return Prediction("ls", devices, batch_size, steps, steps * step, step, layout=format_ls_map(assignment), note=note)
+    return Prediction("ls", devices, batch_size, steps, steps * step, step, layout=format_ls_map(assignment), note=note,
+                      extrapolated=costs.extrapolates([batch_size]))
 
 
 def pipeline_plan(costs: CostTable, devices: int, batch_size: int, *, memory_limit_bytes: float | None = None,
@@ -662,25 +691,27 @@ def predict_tr(costs: CostTable, devices: int, batch_size: int, steps: int, *,
     plan = _as_plan(stages, costs, devices, batch_size, inflight)
     arrival = 0.0
     end = 0.0
-    for s in plan.stages:
-        c = stage_cost(costs, s, batch_size, inflight=inflight)
+    sc = [stage_cost(costs, s, batch_size, inflight=inflight) for s in plan.stages]
+    for c in sc:
         end = max(end, arrival + c.total_s)
         arrival += c.teacher_done_s
     step = end + costs.barrier_time(plan.devices)
     note = f"uses {plan.devices} of {devices} devices" if plan.devices < devices else ""
-    return Prediction("tr", devices, batch_size, steps, steps * step, step, layout=stages_string(plan), note=note)
+    return Prediction("tr", devices, batch_size, steps, steps * step, step, layout=stages_string(plan), note=note,
+                      extrapolated=any(c.extrapolated for c in sc))
 
 
 def predict_ahd(costs: CostTable, plan: Plan, batch_size: int, steps: int, *, inflight: int = 2,
                 strategy: str = "ahd", devices: int | None = None) -> Prediction:
     """Any plan, pipelined without a barrier (discrete-event simulation)."""
     plan.validate(num_blocks=costs.num_blocks, devices=plan.devices, batch_size=batch_size)
-    res = simulate_pipeline([stage_cost(costs, s, batch_size, inflight=inflight) for s in plan.stages], steps,
-                            inflight=inflight)
+    sc = [stage_cost(costs, s, batch_size, inflight=inflight) for s in plan.stages]
+    res = simulate_pipeline(sc, steps, inflight=inflight)
     devices = devices or plan.devices
     note = f"uses {plan.devices} of {devices} devices" if plan.devices < devices else ""
     layout = stages_string(plan) if strategy == "tr-dpu" else str(plan)
-    return Prediction(strategy, devices, batch_size, steps, res.epoch_s, res.period_s, res.fill_s, layout, note)
+    return Prediction(strategy, devices, batch_size, steps, res.epoch_s, res.period_s, res.fill_s, layout, note,
+                      extrapolated=any(c.extrapolated for c in sc))
 
 
 def predict_tr_dpu(costs: CostTable, devices: int, batch_size: int, steps: int, *,
@@ -769,7 +800,7 @@ def estimate_cost_table(cfg, *, devices: int | None = None, spec: EstimateSpec |
     t_bytes = [float(f.teacher_params * 4) for f in facts]
     s_bytes = [float(f.student_params * 4) for f in facts]
     n = len(t_flops)
-    batches = candidate_batches(cfg.batch_size, devices)
+    batches = candidate_batches(cfg.batch_size, max(devices, 4))  # >= 3 sizes: the fixed part is fitted
     teacher, student, relay, allreduce = [], [], [], []
     for i in range(n):
         s_flops = 3 * facts[i].student_flops  # forward + backward
@@ -833,6 +864,19 @@ RESULT_COLUMNS = ["strategy", "devices", "batch_size", "steps", "epoch_time_s", 
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    # Checked before the profile is read: a bad flag is a ConfigError (exit 2), never a traceback.
+    if args.inflight < 1:
+        raise ConfigError(f"--inflight must be >= 1 (batches in flight per link of tr-dpu/ahd), got {args.inflight}; "
+                          "e.g. --inflight 2 (the default)")
+    for flag, value in (("--batch-size", args.batch_size), ("--steps-per-epoch", args.steps_per_epoch)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}; omit it to use the profile's")
+    if args.memory_limit is not None and not args.memory_limit > 0:
+        raise ConfigError(f"--memory-limit must be > 0 GB, got {args.memory_limit:g}; omit it for no limit")
+    unknown = [s for s in (args.strategies.split(",") if args.strategies else []) if s not in STRATEGIES]
+    if unknown:
+        raise ConfigError(f"cannot predict strategy {', '.join(map(repr, unknown))}; --strategies takes a "
+                          f"comma-separated subset of {','.join(STRATEGIES)}")
     costs = CostTable.from_csv(args.profile)
     batch = args.batch_size or costs.batch_size
     if not batch:

@@ -2,7 +2,9 @@
 one line per strategy: measured points from ``runs.csv`` (median over repeats), simulated
 lines from an optional CSV written by the cost model (``--simulated FILE``; its columns are
 documented in results/README.md: strategy, devices, batch_size, and throughput_sps or
-epoch_time_s; optional epoch_samples and workload).
+epoch_time_s; optional epoch_samples, workload and extrapolated). A simulated point whose
+per-replica batch lies outside the profile's measured batch sizes (``extrapolated`` true: the
+cost model's fitted fixed + per-sample line, :mod:`pipebd.costfit`) is drawn hollow.
 
     python plots/scaling.py RESULTS_DIR [RESULTS_DIR ...] -o scaling.png [--workload W] [--simulated sim.csv]
 """
@@ -80,6 +82,8 @@ def load_simulated(path: str, *, workload: str, runs: pd.DataFrame) -> pd.DataFr
             sim[c] = pd.to_numeric(sim[c], errors="coerce")
     if "throughput_sps" not in sim:
         sim["throughput_sps"] = float("nan")
+    sim["extrapolated"] = (sim["extrapolated"].map(_truthy) if "extrapolated" in sim
+                           else pd.Series(False, index=sim.index, dtype=bool))
     if "epoch_time_s" in sim:
         samples = sim["epoch_samples"] if "epoch_samples" in sim else pd.Series(float("nan"), index=sim.index)
         measured = runs[runs["workload"] == workload]["epoch_samples"].median()
@@ -90,6 +94,11 @@ def load_simulated(path: str, *, workload: str, runs: pd.DataFrame) -> pd.DataFr
         C.note(f"simulated CSV {path}: {int(bad.sum())} row(s) without a usable throughput (no epoch_samples "
                "column and no measured run to take it from?); left out")
     return sim[~bad]
+
+
+def _truthy(v) -> bool:
+    """``extrapolated`` as written by the CSV writers: True/False, 1/0 or empty."""
+    return str(v).strip().lower() in ("true", "1", "yes")
 
 
 def plot(by_batch: pd.DataFrame, by_devices: pd.DataFrame, sim: pd.DataFrame, path: str, workload: str) -> None:
@@ -108,8 +117,12 @@ def plot(by_batch: pd.DataFrame, by_devices: pd.DataFrame, sim: pd.DataFrame, pa
             if value is not None and len(sim):
                 q = sim[(sim["strategy"] == s) & (sim[fixed] == value)].sort_values(x)
                 if len(q):
-                    ax.plot(q[x], q["throughput_sps"], linestyle="--", marker="x", markersize=3, color=color,
-                            linewidth=0.9)
+                    ax.plot(q[x], q["throughput_sps"], linestyle="--", color=color, linewidth=0.9)
+                    ext = q["extrapolated"].astype(bool) if "extrapolated" in q else pd.Series(False, index=q.index)
+                    ax.plot(q[x][~ext], q["throughput_sps"][~ext], linestyle="none", marker="x", markersize=3,
+                            color=color)
+                    ax.plot(q[x][ext], q["throughput_sps"][ext], linestyle="none", marker="o", markersize=3.5,
+                            markerfacecolor="none", markeredgewidth=0.8, color=color)
                     xs |= set(q[x])
         ax.set_xscale("log", base=2)
         if xs:
@@ -126,6 +139,10 @@ def plot(by_batch: pd.DataFrame, by_devices: pd.DataFrame, sim: pd.DataFrame, pa
     if len(sim):
         handles += [Line2D([], [], color="black", linestyle="--", marker="x", markersize=3, linewidth=0.9,
                            label="simulated")]
+        if "extrapolated" in sim and sim["extrapolated"].astype(bool).any():
+            handles += [Line2D([], [], color="black", linestyle="none", marker="o", markersize=3.5,
+                               markerfacecolor="none", markeredgewidth=0.8,
+                               label="extrapolated beyond measured batch sizes")]
     fig.legend(handles=handles, loc="upper center", ncol=len(handles), bbox_to_anchor=(0.5, 1.0),
                handlelength=1.6, columnspacing=1.0)
     fig.tight_layout(rect=(0, 0, 1, 0.9))

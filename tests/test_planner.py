@@ -199,3 +199,100 @@ def test_plan_cli_prints_a_table_and_a_plan_string(capsys):
     p = parse_plan(out[-1])
     p.validate(num_blocks=4, devices=4, batch_size=16)
     assert any("bottleneck" in line for line in out)
+
+
+def _tiny_profile(tmp_path, devices: int, batch: int, seed: int = 7) -> str:
+    costs = random_cost_table(seed, 4, devices, batch, with_memory=True)
+    costs.workload = "tiny"
+    path = str(tmp_path / "tiny-mem.csv")
+    costs.to_csv(path)
+    return path
+
+
+def test_an_explicit_plan_over_the_memory_limit_is_rejected_before_spawning(tmp_path):
+    from pipebd.config import validate
+    from pipebd.executors.ahd import ahd_plan
+
+    path = _tiny_profile(tmp_path, 3, 24)
+    costs = CostTable.from_csv(path)
+    cfg = RunConfig(workload="tiny", strategy="ahd", devices=3, batch_size=24, profile=path, out=str(tmp_path))
+    free = plan_for(cfg)
+    mems = [stage_memory(costs, s.first, s.last, max(s.rows(24))) for s in free.stages]
+    k = max(range(len(mems)), key=mems.__getitem__)
+    limit = mems[k] * 0.999
+    explicit = cfg.replace(plan=str(free))
+    assert ahd_plan(explicit, 4) == free  # fits without a limit
+    with pytest.raises(ConfigError) as e:
+        validate(explicit.replace(memory_limit=limit))
+    msg = str(e.value)
+    assert f"stage {k} ({free.stages[k]}" in msg
+    assert f"{mems[k] / 2**30:.3f} GiB" in msg and f"{limit / 2**30:.3f} GiB" in msg and "--memory-limit" in msg
+    # the planner, asked under the same limit, picks a layout that fits (or says none does)
+    try:
+        tight = plan_for(cfg.replace(memory_limit=limit))
+    except PlanError as err:
+        assert "memory limit" in str(err)
+    else:
+        assert tight != free
+        assert all(stage_memory(costs, s.first, s.last, max(s.rows(24))) <= limit for s in tight.stages)
+        ahd_plan(cfg.replace(plan=str(tight), memory_limit=limit), 4)  # and that plan validates
+
+
+def test_plan_for_and_the_plan_cli_respect_the_memory_limit(tmp_path, capsys):
+    costs = random_cost_table(7, 6, 4, 64, with_memory=True)
+    free = search(costs, 4, 64)
+    worst = max(c.memory_bytes for c in free.stages)
+    for frac in (0.99, 0.95, 0.9, 0.8, 0.7, 0.6):
+        try:
+            tight = search(costs, 4, 64, memory_limit_bytes=frac * worst)
+        except PlanError:
+            continue
+        if tight.plan != free.plan:
+            break
+    else:
+        pytest.fail("no memory limit changed the plan")
+    limit = frac * worst
+    assert all(c.memory_bytes <= limit for c in tight.stages)
+    costs.workload = "nas-cifar10"  # 6 blocks
+    path = str(tmp_path / "nas.csv")
+    costs.to_csv(path)
+    cfg = RunConfig(workload="nas-cifar10", devices=4, batch_size=64, profile=path)
+    assert plan_for(cfg) == free.plan
+    assert plan_for(cfg.replace(memory_limit=limit)) == tight.plan
+    # the tr / tr-dpu layout is held to the limit too
+    from pipebd.planner import pipeline_plan_for
+
+    for s in pipeline_plan_for(cfg.replace(memory_limit=limit * 4)).stages:
+        assert stage_memory(costs, s.first, s.last, 64) <= limit * 4
+    assert main(["plan", "-w", "nas-cifar10", "-n", "4", "-b", "64", "--profile", path,
+                 "--memory-limit", f"{limit:.0f}"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert parse_plan(out[-1]) == tight.plan and "memory limit" in out[0]
+
+
+def test_memory_limit_for(monkeypatch):
+    import torch
+
+    from pipebd.planner import CUDA_MARGIN, memory_limit_for
+
+    assert memory_limit_for(RunConfig())[0] is None
+    assert memory_limit_for(RunConfig(memory_limit=8e9)) == (8e9, "--memory-limit")
+    with pytest.raises(ConfigError, match="must be > 0"):
+        memory_limit_for(RunConfig(memory_limit=-1.0))
+    cuda = RunConfig(device_type="cuda")
+    table = random_cost_table(1, 2, 2, 8)
+    table.capacity = 5e9
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert memory_limit_for(cuda, table)[0] == 5e9  # planning for a GPU elsewhere: the profile's capacity
+    assert memory_limit_for(cuda)[0] is None
+
+    class Props:
+        total_memory = 80 * 2**30
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: Props())
+    frac, floor = CUDA_MARGIN
+    assert memory_limit_for(cuda)[0] == pytest.approx(80 * 2**30 * (1 - frac))
+    shared = memory_limit_for(cuda.replace(devices=4, share_gpus=True))
+    assert shared[0] == pytest.approx(80 * 2**30 * (1 - frac) / 2) and "shared by 2" in shared[1]

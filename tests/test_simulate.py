@@ -9,6 +9,7 @@ import pytest
 
 from pipebd.cli import main
 from pipebd.config import ConfigError, RunConfig
+from pipebd.costfit import Affine, evaluate, fit_affine
 from pipebd.plan import Stage, parse_plan
 from pipebd.planner import search
 from pipebd.simulate import (CostTable, estimate_cost_table, ls_assignment, predict_ahd, predict_all, predict_dp,
@@ -99,9 +100,12 @@ def test_interpolation_and_extrapolation():
                       allreduce=[{2: 1.0, 4: 2.0}], barrier={2: 0.5})
     assert costs.teacher_time(0, 8) == 3.0
     assert costs.teacher_time(0, 6) == pytest.approx(2.0)  # linear between points
-    assert costs.teacher_time(0, 16) == pytest.approx(6.0)  # proportional above
-    assert costs.teacher_time(0, 2) == pytest.approx(0.5)  # proportional below
-    assert costs.student_time(0, 1) == pytest.approx(0.5)
+    # outside: the non-negative least-squares line; 1 + 0.5 b would need a negative fixed part,
+    # so the fit is a = 0, c = (4·1 + 8·3) / (4² + 8²) = 0.35
+    assert costs.teacher_time(0, 16) == pytest.approx(16 * 0.35)
+    assert costs.teacher_time(0, 2) == pytest.approx(2 * 0.35)
+    assert costs.student_time(0, 1) == pytest.approx(0.5)  # one point: proportional
+    assert any("block(s) 0 measured at one batch size" in g for g in costs.gaps())
     assert costs.allreduce_time(0, 1) == 0.0
     assert costs.allreduce_time(0, 3) == pytest.approx(1.5)
     assert costs.allreduce_time(0, 8) == pytest.approx(2.0 * (14 / 8) / (6 / 4))  # ring factor
@@ -189,3 +193,62 @@ def test_simulate_cli_writes_a_csv(tmp_path, capsys):
             assert float(r["speedup_vs_dp"]) == pytest.approx(1.0)
     ahd4 = next(r for r in rows if r["strategy"] == "ahd" and r["devices"] == "4")
     assert parse_plan(ahd4["layout"]).devices == 4
+
+
+def test_affine_fit_recovers_the_fixed_part():
+    pts = {b: 0.004 + 2.5e-5 * b for b in (256, 128, 86, 64)}
+    f = fit_affine(pts)
+    assert f.fixed == pytest.approx(0.004, rel=1e-9) and f.per_sample == pytest.approx(2.5e-5, rel=1e-9)
+    assert evaluate(pts, 16) == pytest.approx(0.004 + 2.5e-5 * 16, rel=1e-9)  # below the range: the line
+    assert evaluate(pts, 512) == pytest.approx(0.004 + 2.5e-5 * 512, rel=1e-9)  # above it too
+    assert evaluate(pts, 100) == pytest.approx(0.004 + 2.5e-5 * 100, rel=1e-9)
+    noisy = {b: t * (1.03 if k % 2 else 0.97) for k, (b, t) in enumerate(sorted(pts.items()))}
+    g = fit_affine(noisy)
+    assert g.fixed == pytest.approx(0.004, rel=0.2) and g.fixed > 0 and g.per_sample > 0
+    assert all(evaluate(noisy, b) == noisy[b] for b in noisy)  # exact at measured points
+    # constraints: decreasing times give a flat line; superlinear ones a proportional line
+    assert fit_affine({1: 3.0, 2: 2.0, 3: 1.0}) == Affine(2.0, 0.0, 3)
+    assert fit_affine({4: 1.0, 8: 3.0}).fixed == 0.0
+    assert fit_affine({8: 2.0}).fixed == 0.0 and fit_affine({8: 2.0}, fixed=1.0)(4) == pytest.approx(1.5)
+    # an out-of-memory point: inf above it, the finite points' line below the range
+    oom = {64: 1.0, 128: 2.0, 256: math.inf}
+    assert evaluate(oom, 512) == math.inf and evaluate(oom, 200) == math.inf
+    assert evaluate(oom, 32) == pytest.approx(0.5)
+
+
+def _fixed_cost_table(n: int, batch: int, *, fixed: float, per_sample: float, devices: int = 4) -> CostTable:
+    from pipebd.simulate import candidate_batches
+
+    pts = {b: fixed + per_sample * b for b in candidate_batches(batch, devices)}
+    return CostTable(num_blocks=n, teacher=[dict(pts)] * n, student=[{b: 3 * t for b, t in pts.items()}] * n,
+                     batch_size=batch, devices=1)
+
+
+def test_dp_at_16_devices_pays_the_fixed_cost_below_the_measured_batches():
+    """Profiled at B/1..B/4 only; dp at 16 devices (2 rows per replica) must keep paying the fixed cost."""
+    costs = _fixed_cost_table(3, 32, fixed=1e-3, per_sample=1e-5)
+    assert costs.measured_range(0) == (8, 32)
+    dp4, dp16 = predict_dp(costs, 4, 32, STEPS), predict_dp(costs, 16, 32, STEPS)
+    assert not dp4.extrapolated and dp16.extrapolated
+    speedup = dp4.epoch_s / dp16.epoch_s
+    assert speedup < 1.1  # fixed-cost bound: 4x the devices buys almost nothing (was ~3.9x when proportional)
+    per_block = 1e-3 + 1e-5 * 2
+    assert costs.teacher_time(0, 2) == pytest.approx(per_block, rel=1e-9)
+    assert any("extrapolated" in g for g in costs.gaps(16))
+    assert not any("extrapolated" in g for g in costs.gaps(4))
+    p = {x.strategy: x for x in predict_all(costs, 16, 32, STEPS)}
+    assert p["dp"].extrapolated and not p["ideal"].extrapolated and not p["sequential"].extrapolated
+
+
+def test_csv_round_trip_keeps_data_points_capacity_and_modelled_kinds(tmp_path):
+    costs = _fixed_cost_table(2, 16, fixed=1e-3, per_sample=1e-4)
+    costs.relay[1] = {16: 1e-4, 8: 6e-5}
+    costs.data = {16: 2e-3, 8: 1.2e-3, 4: 8e-4}
+    costs.capacity = 8e9
+    costs.modelled = ("relay",)
+    path = str(tmp_path / "p.csv")
+    costs.to_csv(path)
+    back = CostTable.from_csv(path)
+    assert back.data == costs.data and back.capacity == 8e9 and back.modelled == ("relay",)
+    assert back.data_time(2) == pytest.approx(costs.data_time(2)) and back.data_time(2) > 0.5e-3
+    assert any("relay times are modelled" in g for g in back.gaps())

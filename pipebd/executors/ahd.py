@@ -60,6 +60,10 @@ def ahd_plan(cfg: RunConfig, num_blocks: int) -> Plan:
     else:
         plan = _planned(cfg)
     plan.validate(num_blocks=num_blocks, devices=cfg.devices, batch_size=cfg.batch_size)
+    if cfg.plan is not None:  # a planned layout fits by construction; a given one is checked before any spawn
+        from ..planner import check_plan_memory_for
+
+        check_plan_memory_for(cfg, plan)
     return plan
 
 

@@ -107,15 +107,17 @@ def relay_plan(cfg: RunConfig, num_blocks: int) -> Plan:
     if cfg.stages is not None:
         ranges = parse_stages(cfg.stages, num_blocks=num_blocks, devices=cfg.devices)
     else:
-        from ..planner import cost_table_for
-        from ..simulate import pipeline_plan
+        from ..planner import pipeline_plan_for
 
-        # the simulator's own best one-replica-per-stage split of the run's cost table, so
-        # what runs is what `simulate` predicts
-        best = pipeline_plan(cost_table_for(cfg), cfg.devices, cfg.batch_size, inflight=cfg.inflight)
-        ranges = [(s.first, s.last) for s in best.stages]
+        # the simulator's own best one-replica-per-stage split of the run's cost table (under
+        # the memory limit), so what runs is what `simulate` predicts
+        ranges = [(s.first, s.last) for s in pipeline_plan_for(cfg).stages]
     plan = Plan(tuple(Stage(a, b, 1) for a, b in ranges))
     plan.validate(num_blocks=num_blocks, devices=cfg.devices, batch_size=cfg.batch_size)
+    if cfg.stages is not None:
+        from ..planner import check_plan_memory_for
+
+        check_plan_memory_for(cfg, plan)
     return plan
 
 
