@@ -8,9 +8,14 @@ it) and derives the ideal (DESIGN.md §4) from it with :mod:`pipebd.simulate`, t
 ``dp, ls, tr, tr-dpu, ahd`` in ``--repeats`` rounds, each round in a rotated order (round
 ``r`` starts at strategy ``r mod k``) so that drifting background load hits every strategy
 alike, and reports per strategy the median epoch time, the speedup over dp (ratio of medians),
-the efficiency (ideal / median epoch time) and the spread (min / max) over rounds. A strategy
-that is not registered or whose run fails is reported as such and the others go on. Every run
-appends to ``--out`` (default ``results/bench``) with ``tag=bench``.
+the efficiency (ideal / median epoch time, with its range over rounds) and the spread
+(min / max, and (max - min) / median) over rounds. A strategy whose rounds differ by more than
+25 % is flagged and re-run, interleaved with ``dp``, up to ``--max-reruns`` more rounds
+(:mod:`pipebd.derived`). Every row states its measured steps per block (default 16, so a NAS
+window's sampled paths cost what the average path costs) and the host's load average around
+its runs. A strategy that is not registered or whose run fails is reported as such and the
+others go on; so is a prediction the cost model cannot make. Every run appends to ``--out``
+(default ``results/bench``) with ``tag=bench``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ __all__ = ["BENCH_STRATEGIES", "BenchRow", "bench", "format_table", "add_cli"]
 
 BENCH_STRATEGIES = ("dp", "ls", "tr", "tr-dpu", "ahd")
 DEFAULT_WARMUP = 2
+#: Measured steps per block by default: enough that a NAS window's sampled paths cost what the
+#: average path costs, and that a pipeline's fill is a small part of the window.
+DEFAULT_STEPS = 16
 
 
 @dataclass
@@ -37,10 +45,24 @@ class BenchRow:
     epoch_times: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     plan: str = ""
+    steps: int = 0  # measured steps per block of its runs
+    loads: list[float] = field(default_factory=list)  # host load average at the start and end of its runs
 
     @property
     def median(self) -> float | None:
         return statistics.median(self.epoch_times) if self.epoch_times else None
+
+    @property
+    def spread(self) -> float:
+        from .derived import spread
+
+        return spread(self.epoch_times)
+
+    @property
+    def noisy(self) -> bool:
+        from .derived import NOISE_THRESHOLD
+
+        return len(self.epoch_times) > 1 and self.spread > NOISE_THRESHOLD
 
 
 @dataclass
@@ -52,16 +74,20 @@ class BenchResult:
     seconds: float
     repeats: int
     predicted: dict[str, float] = field(default_factory=dict)  # simulator's epoch time per strategy
+    unpredicted: dict[str, str] = field(default_factory=dict)  # strategy -> why the cost model could not
+    reruns: int = 0
 
 
-def predictions(costs, cfg: RunConfig, strategies, epoch_samples: int, plans: dict[str, str]) -> dict[str, float]:
+def predictions(costs, cfg: RunConfig, strategies, epoch_samples: int,
+                plans: dict[str, str]) -> tuple[dict[str, float], dict[str, str]]:
     """The simulator's epoch time of each strategy for the layouts that actually ran (simulator
-    validation, issue: every ratio within ±20 % and the same ranking as measured)."""
+    validation: every ratio within ±20 % and the same ranking as measured), and for each
+    strategy it cannot predict, why."""
     from .plan import parse_plan
     from .simulate import predict_ahd, predict_all
 
     steps = max(1, epoch_samples // cfg.batch_size)
-    out = {}
+    out, why = {}, {}
     for s in strategies:
         try:
             if s == "ahd" and plans.get("ahd"):
@@ -69,9 +95,9 @@ def predictions(costs, cfg: RunConfig, strategies, epoch_samples: int, plans: di
             else:
                 (p,) = predict_all(costs, cfg.devices, cfg.batch_size, steps, inflight=cfg.inflight, strategies=[s])
             out[s] = p.epoch_s
-        except Exception:  # noqa: BLE001 — a strategy the model does not know is left unpredicted
-            continue
-    return out
+        except Exception as e:  # noqa: BLE001 — reported beside the table, never silently dropped
+            why[s] = " ".join(f"{type(e).__name__}: {e}".split())
+    return out, why
 
 
 def _is_nas(cfg: RunConfig) -> bool:
@@ -79,8 +105,9 @@ def _is_nas(cfg: RunConfig) -> bool:
 
 
 def bench(cfg: RunConfig, strategies: tuple[str, ...] = BENCH_STRATEGIES, *, repeats: int = 3, ideal: str = "profile",
-          say=print) -> BenchResult:
-    """Profile (for the ideal), then ``repeats`` rotated rounds of ``strategies`` on ``cfg``."""
+          max_reruns: int = 2, say=print) -> BenchResult:
+    """Profile (for the ideal), then ``repeats`` rotated rounds of ``strategies`` on ``cfg``, then up
+    to ``max_reruns`` rounds of the noisy strategies with ``dp``."""
     from .config import validate
 
     if repeats < 1:
@@ -99,57 +126,87 @@ def bench(cfg: RunConfig, strategies: tuple[str, ...] = BENCH_STRATEGIES, *, rep
     per_sample = ideal_seconds_per_sample(costs, cfg.devices, cfg.batch_size) if costs is not None else None
     note = "" if per_sample is not None else "n/a (no profile / cost model)"
     samples = None  # the epoch size the runs extrapolate to
-    for r in range(repeats):
-        for s in rotated(strategies, r):
+
+    def run_round(r: int, names, label: str) -> None:
+        nonlocal samples
+        for s in rotated(names, r):
             res = run_unit(cfg.replace(strategy=s, profile=csv, tag=cfg.tag or "bench", quiet=True))
             if res.status == "ok":
-                rows[s].epoch_times.append(float(res.row["epoch_time_s"]))
-                rows[s].plan = str(res.row.get("plan") or "")
-                samples = int(res.row["epoch_samples"])
-                say(f"  round {r + 1}/{repeats} {s:<8} epoch {float(res.row['epoch_time_s']):9.1f} s "
-                    f"({res.wall_s:.0f} s wall)")
+                row = res.row
+                rows[s].epoch_times.append(float(row["epoch_time_s"]))
+                rows[s].plan = str(row.get("plan") or "")
+                rows[s].steps = int(row["steps_measured"])
+                rows[s].loads += [float(v) for v in (row.get("load_avg_start"), row.get("load_avg_end"))
+                                  if v is not None and v == v]
+                samples = int(row["epoch_samples"])
+                say(f"  {label} {s:<8} epoch {float(row['epoch_time_s']):9.1f} s (fill {float(row['fill_drain_s']):.2f} s"
+                    f", {res.wall_s:.0f} s wall, load {row.get('load_avg_start')}->{row.get('load_avg_end')})")
             else:
                 rows[s].errors.append(res.error)
-                say(f"  round {r + 1}/{repeats} {s:<8} FAILED: {res.error[:200]}")
+                say(f"  {label} {s:<8} FAILED: {res.error[:200]}")
+
+    for r in range(repeats):
+        run_round(r, strategies, f"round {r + 1}/{repeats}")
+    reruns = 0
+    while reruns < max_reruns and "dp" in rows:
+        noisy = [s for s, row in rows.items() if row.noisy]
+        if not noisy:
+            break
+        again = ["dp"] + [s for s in strategies if s in noisy and s != "dp"]
+        if rows["dp"].noisy:
+            again = list(strategies)
+        say(f"  noisy: {', '.join(noisy)} (rounds differ by more than 25 %): re-run {reruns + 1}/{max_reruns} of "
+            f"{', '.join(again)}")
+        run_round(repeats + reruns, again, f"re-run {reruns + 1}/{max_reruns}")
+        reruns += 1
     ideal_epoch = per_sample * samples if per_sample is not None and samples else None
     if per_sample is not None:
         fill_ideal(os.path.join(cfg.out, "runs.csv"), {ideal_key(cfg): per_sample})
-    predicted = {}
+    predicted, unpredicted = {}, {}
     if costs is not None and samples:
-        predicted = predictions(costs, cfg, strategies, samples, {k: r.plan for k, r in rows.items()})
-    return BenchResult(cfg, rows, ideal_epoch, note, time.perf_counter() - t0, repeats, predicted)
+        predicted, unpredicted = predictions(costs, cfg, strategies, samples, {k: r.plan for k, r in rows.items()})
+    return BenchResult(cfg, rows, ideal_epoch, note, time.perf_counter() - t0, repeats, predicted, unpredicted,
+                       reruns)
 
 
 def format_table(result: BenchResult) -> str:
     cfg = result.cfg
     dp = result.rows.get("dp")
     dp_med = dp.median if dp is not None else None
+    ideal = result.ideal_epoch_s
     head = (f"bench: {cfg.workload} on {cfg.devices} {cfg.device_type} rank(s), batch {cfg.batch_size}, "
-            f"{cfg.steps} measured + {cfg.warmup} warm-up steps/block, {result.repeats} round(s), medians "
-            f"({result.seconds:.0f} s)")
+            f"{cfg.warmup} warm-up steps/block, {result.repeats} round(s)"
+            + (f" + {result.reruns} re-run round(s)" if result.reruns else "") + f", medians ({result.seconds:.0f} s)")
     lines = [head,
-             f"{'strategy':<10}{'epoch s':>11}{'speedup':>9}{'eff.':>7}{'min s':>11}{'max s':>11}{'runs':>6}  plan"]
+             f"{'strategy':<10}{'epoch s':>10}{'speedup':>9}{'eff.':>6}{'eff. range':>12}{'min s':>10}{'max s':>10}"
+             f"{'spread':>8}{'runs':>5}{'steps':>6}{'load':>10}  plan"]
     for s, r in result.rows.items():
         med = r.median
         if med is None:
             why = r.errors[0][:90] if r.errors else "no run"
-            lines.append(f"{s:<10}{'failed':>11}{'-':>9}{'-':>7}{'-':>11}{'-':>11}{0:>6}  {why}")
+            lines.append(f"{s:<10}{'failed':>10}{'-':>9}{'-':>6}{'-':>12}{'-':>10}{'-':>10}{'-':>8}{0:>5}{'-':>6}"
+                         f"{'-':>10}  {why}")
             continue
         sp = f"{dp_med / med:.2f}x" if dp_med else "n/a"
-        eff = f"{result.ideal_epoch_s / med:.2f}" if result.ideal_epoch_s else "n/a"
-        lines.append(f"{s:<10}{med:>11.1f}{sp:>9}{eff:>7}{min(r.epoch_times):>11.1f}{max(r.epoch_times):>11.1f}"
-                     f"{len(r.epoch_times):>6}  {r.plan}")
-    if result.ideal_epoch_s:
-        sp = f"{dp_med / result.ideal_epoch_s:.2f}x" if dp_med else "n/a"
-        lines.append(f"{'ideal':<10}{result.ideal_epoch_s:>11.1f}{sp:>9}{1.0:>7.2f}{'':>11}{'':>11}{'':>6}  "
-                     "cost model: each block once, fastest batch, no comm/idle")
+        eff = f"{ideal / med:.2f}" if ideal else "n/a"
+        rng = f"{ideal / max(r.epoch_times):.2f}-{ideal / min(r.epoch_times):.2f}" if ideal else "n/a"
+        load = f"{min(r.loads):.1f}-{max(r.loads):.1f}" if r.loads else "-"
+        lines.append(f"{s:<10}{med:>10.1f}{sp:>9}{eff:>6}{rng:>12}{min(r.epoch_times):>10.1f}{max(r.epoch_times):>10.1f}"
+                     f"{r.spread:>7.0%}{'!' if r.noisy else ' '}{len(r.epoch_times):>5}{r.steps:>6}{load:>10}  {r.plan}")
+    if ideal:
+        sp = f"{dp_med / ideal:.2f}x" if dp_med else "n/a"
+        lines.append(f"{'ideal':<10}{ideal:>10.1f}{sp:>9}{1.0:>6.2f}  cost model: each block once, fastest batch, "
+                     "no comm/idle")
     else:
-        lines.append(f"{'ideal':<10}{'n/a':>11}  {result.ideal_note}")
-    lines.append(f"speedup = median dp epoch / median epoch; eff. = ideal / median epoch; rows in {cfg.out}/runs.csv")
+        lines.append(f"{'ideal':<10}{'n/a':>10}  {result.ideal_note}")
+    lines.append(f"speedup = median dp epoch / median epoch; eff. = ideal / median epoch (range: over rounds); "
+                 f"spread = (max-min)/median, ! = over 25 %; steps = measured steps per block; load = host load "
+                 f"average around the runs ({cfg.devices} ranks: more means other work shared the cores); "
+                 f"rows in {cfg.out}/runs.csv")
     measured = {k: r.median for k, r in result.rows.items() if r.median is not None and k in result.predicted}
     if measured:
         lines.append("")
-        lines.append(f"simulator validation (profile-based prediction vs measured median):")
+        lines.append("simulator validation (profile-based prediction vs measured median):")
         lines.append(f"{'strategy':<10}{'predicted s':>13}{'measured s':>12}{'ratio':>8}")
         for k, m in measured.items():
             lines.append(f"{k:<10}{result.predicted[k]:>13.1f}{m:>12.1f}{result.predicted[k] / m:>8.2f}")
@@ -158,6 +215,8 @@ def format_table(result: BenchResult) -> str:
         worst = max(abs(result.predicted[k] / m - 1) for k, m in measured.items())
         lines.append(f"ranking {'matches' if by_pred == by_meas else 'differs'} (predicted: {' < '.join(by_pred)}; "
                      f"measured: {' < '.join(by_meas)}); worst ratio off by {worst:.0%}")
+    for k, why in result.unpredicted.items():
+        lines.append(f"no prediction for {k}: {why}")
     return "\n".join(lines)
 
 
@@ -172,7 +231,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
               "candidate ops run for the first time inside the timed steps")
     names = tuple(s for s in (args.strategies.split(",") if args.strategies else BENCH_STRATEGIES) if s)
     print(f"bench: {', '.join(names)} x {args.repeats} rounds on {cfg.workload}, {cfg.devices} device(s)", flush=True)
-    result = bench(cfg, names, repeats=args.repeats, ideal=args.ideal, say=lambda m: print(m, flush=True))
+    if args.max_reruns < 0:
+        raise ConfigError(f"--max-reruns must be >= 0, got {args.max_reruns}")
+    result = bench(cfg, names, repeats=args.repeats, ideal=args.ideal, max_reruns=args.max_reruns,
+                   say=lambda m: print(m, flush=True))
     print(format_table(result))
     return 0 if any(r.epoch_times for r in result.rows.values()) else 1
 
@@ -184,9 +246,12 @@ def add_cli(sub) -> None:
     add_run_options(p, strategy=False)
     p.add_argument("--strategies", default=None, help=f"comma-separated (default: {','.join(BENCH_STRATEGIES)})")
     p.add_argument("--repeats", type=int, default=3, help="rounds of every strategy, rotated order (default 3)")
+    p.add_argument("--max-reruns", type=int, default=2, metavar="K",
+                   help="extra rounds (with dp) for strategies whose rounds differ by more than 25 %% (default 2)")
     p.add_argument("--ideal", choices=("profile", "estimate", "none"), default="profile",
                    help="ideal from a profile measured now (default), from FLOP estimates, or none")
     # batch 128: per-step compute must dwarf per-step overheads (all-reduce, relays, barriers) for
     # the ratios to speak of the strategies rather than of fixed costs (the paper uses 256)
-    p.set_defaults(func=_cmd_bench, out="results/bench", batch_size=128, steps=4, warmup=None, devices=2, threads=None,
+    p.set_defaults(func=_cmd_bench, out="results/bench", batch_size=128, steps=DEFAULT_STEPS, warmup=None, devices=2,
+                   threads=None,
                    timeout=300.0)
