@@ -2,13 +2,15 @@
 
 :class:`RunConfig` holds what the CLI, an experiment file or a test asks for. :func:`validate`
 checks everything that can be checked without starting a process (workload, strategy, data
-source, devices, batch splits, the strategy's own layout options, CUDA availability, output
+source, devices, batch splits, learning rate, the workload's block shapes at the resolution by a
+shape probe on the meta device, the strategy's own layout options, CUDA availability, output
 directory) and raises :class:`ConfigError` with a message a user can act on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -108,6 +110,12 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"--timeout must be > 0 seconds, got {cfg.timeout}")
     if cfg.inflight < 1:
         raise ConfigError(f"--inflight must be >= 1, got {cfg.inflight}")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise ConfigError(f"--lr must be a positive number (the peak of the cosine schedule), got {cfg.lr}; "
+                          f"e.g. --lr {RunConfig.lr} (the default)")
+    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise ConfigError(f"--weight-decay must be >= 0, got {cfg.weight_decay}; e.g. --weight-decay "
+                          f"{RunConfig.weight_decay} (the default) or 0 for none")
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {cfg.threads}")
     if cfg.device_type not in DEVICE_TYPES:
@@ -131,10 +139,15 @@ def validate(cfg: RunConfig) -> None:
         data_mod.validate_data_config(data_config(cfg))
     except data_mod.DataError as e:
         raise ConfigError(str(e)) from None
+    if cfg.data == "synthetic" and cfg.data_size is not None and cfg.data_size < cfg.batch_size:
+        raise ConfigError(f"--data-size {cfg.data_size} is smaller than one batch (--batch-size {cfg.batch_size}): "
+                          "every step trains on a full batch; pass --data-size "
+                          f"{cfg.batch_size} or more, or --batch-size {cfg.data_size} or less")
     from .faults import parse_fault
 
     parse_fault(cfg.inject_fault, cfg.devices)
     try:
+        _check_shapes(cfg)
         num_blocks = workload_num_blocks(cfg)
     except WorkloadError as e:
         raise ConfigError(str(e)) from None
@@ -200,6 +213,53 @@ def _check_writable(out: str, flag: str = "--out", what: str = "output directory
 
 
 _BLOCK_COUNTS: dict[tuple, int] = {}
+_SHAPE_ERRORS: dict[tuple, str | None] = {}
+_PROBE_RESOLUTIONS = tuple(2**k for k in range(3, 11))  # 8 … 1024 pixels
+
+
+def _probe_error(cfg: RunConfig, resolution: int | None) -> str | None:
+    """Push a batch through every block of the workload on the meta device (shapes only, no
+    memory, no compute); the probe's message when the shapes do not chain, else ``None``."""
+    import torch
+
+    from .zoo import WorkloadError, build_workload
+    from .zoo.registry import probe_shapes
+
+    key = (cfg.workload, resolution, cfg.width_mult, cfg.num_classes, cfg.student_bn)
+    if key not in _SHAPE_ERRORS:
+        opts = workload_options(cfg.replace(resolution=resolution, teacher_weights=None))
+        with torch.device("meta"):
+            wl = build_workload(cfg.workload, opts, probe=False)  # a bad option raises here, not a shape
+            try:
+                probe_shapes(wl)
+                _SHAPE_ERRORS[key] = None
+            except WorkloadError as e:
+                _SHAPE_ERRORS[key] = str(e)
+        _BLOCK_COUNTS.setdefault(key[:4], wl.num_blocks)
+    return _SHAPE_ERRORS[key]
+
+
+def _check_shapes(cfg: RunConfig) -> None:
+    """Refuse a resolution the workload's blocks cannot take (e.g. pooled away before the last
+    block), naming the smallest power-of-two resolution that works."""
+    error = _probe_error(cfg, cfg.resolution)
+    if error is None:
+        return
+    from .zoo import canonical_name
+
+    name = canonical_name(cfg.workload)
+    at = f"--resolution {cfg.resolution}" if cfg.resolution is not None else "its default resolution"
+    ok = next((r for r in _PROBE_RESOLUTIONS if _probe_error(cfg, r) is None), None)
+    if ok is None:
+        raise ConfigError(f"workload {name} cannot run at {at} (width {cfg.width_mult:g}): {error}; no resolution "
+                          f"from {_PROBE_RESOLUTIONS[0]} to {_PROBE_RESOLUTIONS[-1]} works either, so try another "
+                          "--width-mult or --num-classes")
+    if cfg.resolution is not None and cfg.resolution > ok:  # not too small: an awkward size (e.g. odd)
+        near = next((r for r in _PROBE_RESOLUTIONS if r >= cfg.resolution and _probe_error(cfg, r) is None), ok)
+        raise ConfigError(f"{at} does not fit workload {name}: {error}; --resolution {near} works "
+                          f"(the smallest power of two that does is {ok})")
+    raise ConfigError(f"{at} is too small for workload {name}: {error}; the smallest power of two that works is "
+                      f"{ok}: pass --resolution {ok} (or larger)")
 
 
 def workload_num_blocks(cfg: RunConfig) -> int:
@@ -234,4 +294,5 @@ def data_config(cfg: RunConfig, workload=None):
     res = workload.input_shape[-1] if workload is not None else (cfg.resolution or 32)
     classes = workload.num_classes if workload is not None else (cfg.num_classes or 10)
     return DataConfig(source=cfg.data, root=cfg.data_root, resolution=res, num_classes=classes,
-                      size=cfg.data_size, stands_in_for=stands_in, augment=cfg.augment, seed=cfg.seed)
+                      size=cfg.data_size, stands_in_for=stands_in, augment=cfg.augment, seed=cfg.seed,
+                      device=cfg.device_type)

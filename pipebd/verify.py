@@ -6,6 +6,11 @@ ghost shards equal to the strategy's data-parallel split of each block
 (:meth:`Strategy.reference_shards`). Parameters must agree within ``rtol`` (relative to the
 largest magnitude of the tensor) and the NAS paths sampled must be identical; buffers
 (BatchNorm running statistics) are compared too where a block has a single replica.
+
+Every strategy is validated before anything runs: one that cannot run as configured (e.g.
+``--stages`` with another number of stages than ``--devices``) gets an INVALID row that says
+why and the others still run; a saved weights file that lacks a block or a tensor is a FAIL
+that names the block and the strategy.
 """
 
 from __future__ import annotations
@@ -18,11 +23,11 @@ from dataclasses import dataclass
 import torch
 
 from .comm import threads_per_rank
-from .config import RunConfig, validate, workload_num_blocks
+from .config import ConfigError, RunConfig, validate, workload_num_blocks
 from .executors import get_strategy, import_plugins, strategy_names
 from .runner import launch
 
-__all__ = ["VerifyResult", "verify_strategy", "compare_weights", "add_cli"]
+__all__ = ["VerifyResult", "verify_strategy", "compare_weights", "prepare", "add_cli"]
 
 DEFAULT_RTOL = 1e-5
 
@@ -35,21 +40,53 @@ class VerifyResult:
     max_rel_error: float
     paths_equal: bool
     detail: str
+    status: str = ""  # PASS, FAIL, or INVALID (refused before anything ran; ``detail`` says why)
+
+    def __post_init__(self) -> None:
+        self.status = self.status or ("PASS" if self.ok else "FAIL")
 
 
-def compare_weights(got: dict, ref: dict, *, rtol: float, shards: tuple[tuple[int, ...], ...]) -> tuple[float, list[str]]:
-    """Largest relative error over all parameters (and single-replica buffers); list of mismatches."""
+def _saved_weights(report, who: str, bad: list[str]) -> dict | None:
+    weights = report.get("weights") if isinstance(report, dict) else None
+    if not isinstance(weights, dict):
+        bad.append(f"{who}: the saved file holds no 'weights' mapping of block -> state dict")
+        return None
+    return weights
+
+
+def compare_weights(got: dict, ref: dict, *, rtol: float, shards: tuple[tuple[int, ...], ...],
+                    strategy: str = "the strategy") -> tuple[float, list[str]]:
+    """Largest relative error over all parameters (and single-replica buffers); list of mismatches.
+
+    Every block ``0 … len(shards) - 1`` must be in both saved files with the same tensors; a
+    block or tensor that one of them lacks is a mismatch that names it (and ``strategy``)."""
     worst, bad = 0.0, []
-    for i, ref_state in ref["weights"].items():
-        state = got["weights"].get(i)
-        if state is None:
-            bad.append(f"block {i}: no weights reported")
+    got_w = _saved_weights(got, strategy, bad)
+    ref_w = _saved_weights(ref, "the sequential reference", bad)
+    if got_w is None or ref_w is None:
+        return float("inf"), bad
+    for i in range(len(shards)):
+        ref_state, state = ref_w.get(i), got_w.get(i)
+        if ref_state is None:
+            bad.append(f"block {i}: missing from the sequential reference's saved weights")
             continue
-        for name, r in ref_state.items():
+        if state is None:
+            bad.append(f"block {i}: {strategy} saved no weights for it (no rank reported block {i})")
+            worst = float("inf")
+            continue
+        missing, extra = sorted(set(ref_state) - set(state)), sorted(set(state) - set(ref_state))
+        if missing or extra:
+            bad.append(f"block {i}: {strategy}'s saved weights lack {missing[:3]} and have unexpected {extra[:3]}")
+            worst = float("inf")
+        for name in ref_state.keys() & state.keys():
+            r, g = ref_state[name], state[name]
             is_buffer = name.endswith(("running_mean", "running_var", "num_batches_tracked"))
             if is_buffer and len(shards[i]) > 1:
                 continue  # per-replica BN statistics differ by design (like DDP without buffer sync)
-            g = state[name]
+            if g.shape != r.shape:
+                bad.append(f"block {i} {name}: {strategy} saved shape {tuple(g.shape)}, the reference {tuple(r.shape)}")
+                worst = float("inf")
+                continue
             if r.dtype in (torch.int64, torch.int32):
                 err = 0.0 if torch.equal(g, r) else float("inf")
             else:
@@ -57,25 +94,46 @@ def compare_weights(got: dict, ref: dict, *, rtol: float, shards: tuple[tuple[in
             worst = max(worst, err)
             if err > rtol:
                 bad.append(f"block {i} {name}: relative error {err:.2e}")
+    extra_blocks = sorted(set(got_w) - set(range(len(shards))), key=str)
+    if extra_blocks:
+        bad.append(f"{strategy} saved weights for block(s) {extra_blocks}, but the workload has {len(shards)} blocks")
     return worst, bad
 
 
-def verify_strategy(cfg: RunConfig, *, rtol: float = DEFAULT_RTOL, workdir: str | None = None,
-                    reference_cache: dict | None = None) -> VerifyResult:
-    """Run ``cfg`` and its sequential reference, compare final weights and NAS paths."""
-    workdir = workdir or tempfile.mkdtemp(prefix="pipebd-verify-")
-    num_blocks = workload_num_blocks(cfg)
+@dataclass
+class _Prepared:
+    """A strategy's run and its sequential reference, validated (nothing has run yet)."""
+
+    run_cfg: RunConfig
+    ref_cfg: RunConfig
+    shards: tuple[tuple[int, ...], ...]
+
+
+def prepare(cfg: RunConfig, workdir: str) -> _Prepared:
+    """Validate ``cfg`` and build its reference configuration; raise :class:`ConfigError` if it cannot run."""
     import_plugins(cfg.plugins)
-    shards = get_strategy(cfg.strategy).reference_shards(cfg, num_blocks)
+    strategy = get_strategy(cfg.strategy)
     # Same threads per process for the reference and the ranks: float reductions then run in
     # the same order, so CPU results agree to the last bit where the math is the same.
     cfg = cfg.replace(threads=cfg.threads or threads_per_rank(cfg.devices))
     got_path = os.path.join(workdir, f"{cfg.strategy}-n{cfg.devices}.pt")
     run_cfg = cfg.replace(save_weights=got_path, quiet=True, trace=False, out=os.path.join(workdir, "results"))
-    validate(run_cfg)
+    validate(run_cfg)  # before reference_shards, which may parse the strategy's layout options
+    shards = strategy.reference_shards(cfg, workload_num_blocks(cfg))
     ref_cfg = cfg.replace(strategy="sequential", devices=1, block_shards=shards, stages=None, ls_map=None, plan=None,
-                          save_weights=os.path.join(workdir, f"ref-{len(os.listdir(workdir))}.pt"), quiet=True, trace=False,
-                          out=os.path.join(workdir, "results"))
+                          save_weights=os.path.join(workdir, f"ref-{cfg.strategy}-n{cfg.devices}.pt"), quiet=True,
+                          trace=False, out=os.path.join(workdir, "results"))
+    return _Prepared(run_cfg, ref_cfg, shards)
+
+
+def verify_strategy(cfg: RunConfig, *, rtol: float = DEFAULT_RTOL, workdir: str | None = None,
+                    reference_cache: dict | None = None, prepared: _Prepared | None = None) -> VerifyResult:
+    """Run ``cfg`` and its sequential reference, compare final weights and NAS paths.
+
+    Raises :class:`ConfigError` (nothing started) when ``cfg`` cannot run."""
+    workdir = workdir or tempfile.mkdtemp(prefix="pipebd-verify-")
+    prep = prepared or prepare(cfg, workdir)
+    run_cfg, ref_cfg = prep.run_cfg, prep.ref_cfg
     cache = reference_cache if reference_cache is not None else {}
     key = repr(ref_cfg.replace(save_weights=None))  # the whole reference configuration, not just its shards
     if key not in cache:
@@ -83,9 +141,9 @@ def verify_strategy(cfg: RunConfig, *, rtol: float = DEFAULT_RTOL, workdir: str 
         cache[key] = torch.load(ref_cfg.save_weights, weights_only=True)
     ref = cache[key]
     launch(run_cfg)
-    got = torch.load(got_path, weights_only=True)
-    worst, bad = compare_weights(got, ref, rtol=rtol, shards=shards)
-    paths_equal = got["paths"] == ref["paths"]
+    got = torch.load(run_cfg.save_weights, weights_only=True)
+    worst, bad = compare_weights(got, ref, rtol=rtol, shards=prep.shards, strategy=cfg.strategy)
+    paths_equal = isinstance(got, dict) and isinstance(ref, dict) and got.get("paths") == ref.get("paths")
     if not paths_equal:
         bad.append("NAS paths differ from the reference")
     return VerifyResult(cfg.strategy, cfg.devices, not bad, worst, paths_equal, "; ".join(bad[:3]))
@@ -101,19 +159,42 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         return 0
     names = args.strategies.split(",") if args.strategies else [s for s in strategy_names() if s != "sequential"]
     base = config_from_args(args, strategy="sequential")
+    workdir = tempfile.mkdtemp(prefix="pipebd-verify-")
+    # Validate every strategy before anything runs: one that cannot run here gets an INVALID
+    # row saying why, and the others still run. Nothing valid at all is a configuration error.
+    prepared: dict[str, _Prepared | ConfigError] = {}
+    for name in names:
+        try:
+            devices = 1 if get_strategy(name).max_devices == 1 else base.devices
+            prepared[name] = prepare(base.replace(strategy=name, devices=devices), workdir)
+        except ConfigError as e:
+            prepared[name] = e
+    if all(isinstance(p, ConfigError) for p in prepared.values()):
+        reasons = dict.fromkeys(str(p) for p in prepared.values())
+        if len(reasons) == 1:  # one cause shared by every strategy (e.g. --lr 0): say it once
+            raise ConfigError(next(iter(reasons)))
+        raise ConfigError("no strategy can run as configured: " + "; ".join(f"{n}: {p}" for n, p in prepared.items()))
     cache: dict = {}
     results = []
     print(f"verify: {base.workload}, {base.devices} rank(s), batch {base.batch_size}, "
           f"{base.total_steps} steps/block, tolerance {args.rtol:g} relative")
-    for name in names:
-        devices = 1 if get_strategy(name).max_devices == 1 else base.devices
-        res = verify_strategy(base.replace(strategy=name, devices=devices), rtol=args.rtol, reference_cache=cache)
+    for name, prep in prepared.items():
+        if isinstance(prep, ConfigError):
+            res = VerifyResult(name, base.devices, False, float("nan"), False, str(prep), status="INVALID")
+            print(f"  {name:<14}INVALID  {prep}", flush=True)
+        else:
+            res = verify_strategy(prep.run_cfg, rtol=args.rtol, workdir=workdir, reference_cache=cache, prepared=prep)
+            print(f"  {name:<14}{res.status}  max rel. error {res.max_rel_error:.1e}"
+                  f"  paths {'same' if res.paths_equal else 'DIFFER'}  {res.detail}", flush=True)
         results.append(res)
-        print(f"  {name:<14}{'PASS' if res.ok else 'FAIL'}  max rel. error {res.max_rel_error:.1e}"
-              f"  paths {'same' if res.paths_equal else 'DIFFER'}  {res.detail}", flush=True)
-    failed = [r.strategy for r in results if not r.ok]
-    print("all strategies keep the math" if not failed else f"FAILED: {', '.join(failed)}")
-    return 1 if failed else 0
+    failed = [r.strategy for r in results if r.status == "FAIL"]
+    invalid = [r.strategy for r in results if r.status == "INVALID"]
+    if not failed and not invalid:
+        print("all strategies keep the math")
+    else:
+        print("; ".join(part for part in (f"FAILED: {', '.join(failed)}" if failed else "",
+                                          f"INVALID (not run): {', '.join(invalid)}" if invalid else "") if part))
+    return 1 if failed or invalid else 0
 
 
 def add_cli(sub) -> None:

@@ -3,8 +3,7 @@
 Each test calls the CLI's ``main()`` in-process and checks exit code 2 and a message that
 names the bad value, the allowed values and a fix. Spawning is forbidden by a fixture: a
 check that let a bad configuration through would fail the test instead of starting ranks.
-Strategy-specific layouts (``--stages`` for tr/tr-dpu, ``--plan`` for ahd) are skipped while
-those strategies are not registered.
+Every built-in strategy must be registered: a missing one fails these tests, it is never skipped.
 """
 
 from __future__ import annotations
@@ -22,9 +21,7 @@ from pipebd.config import ConfigError, RunConfig, validate
 from pipebd.executors import strategy_names
 from pipebd.zoo import build_workload
 
-STRATEGIES = set(strategy_names())
-needs = {s: pytest.mark.skipif(s not in STRATEGIES, reason=f"strategy {s!r} is not registered yet")
-         for s in ("tr", "tr-dpu", "ahd", "ls", "dp")}
+BUILT_IN = {"sequential", "dp", "ls", "tr", "tr-dpu", "ahd"}
 
 
 @pytest.fixture(autouse=True)
@@ -59,6 +56,11 @@ def assert_refused(rc: int, err: str, *needles: str) -> None:
 # ----------------------------------------------------------------------------- names
 
 
+def test_every_built_in_strategy_is_registered():
+    missing = BUILT_IN - set(strategy_names())
+    assert not missing, f"built-in strategies not registered: {sorted(missing)}"
+
+
 def test_unknown_workload(cli):
     rc, err = cli("--workload", "resnet-nope")
     assert_refused(rc, err, "unknown workload 'resnet-nope'", "tiny", "nas-cifar10", "python -m pipebd zoo")
@@ -89,19 +91,16 @@ def test_devices_below_one(cli):
     assert_refused(rc, err, "--devices must be >= 1", "got 0", "use --devices 1")
 
 
-@needs["tr"]
 def test_tr_more_stages_than_blocks(cli):
     rc, err = cli("-w", "tiny", "-s", "tr", "-n", "5")
     assert_refused(rc, err, "4 blocks", "--devices is 5", "--devices <= 4")
 
 
-@needs["ls"]
 def test_ls_more_devices_than_blocks(cli):
     rc, err = cli("-w", "tiny", "-s", "ls", "-n", "5")
     assert_refused(rc, err, "--devices 5", "4 blocks", "--devices 4 or fewer")
 
 
-@needs["tr-dpu"]
 @pytest.mark.parametrize("stages, devices, what, fix", [
     ("0-1,3", 2, "misses block(s) 2", "e.g. 0-1,2-3"),
     ("0-1,1-3", 2, "repeats or reorders", "e.g. 0-1,2-3"),
@@ -114,13 +113,11 @@ def test_stages_must_cover_blocks_in_order_on_the_devices(cli, stages, devices, 
     assert_refused(rc, err, repr(stages), what, fix)
 
 
-@needs["tr-dpu"]
 def test_stages_more_stages_than_blocks(cli):
     rc, err = cli("-w", "tiny", "-s", "tr-dpu", "-n", "5", "--stages", "0,1,2,3,4")
     assert_refused(rc, err, "4 blocks", "--devices is 5", "--devices <= 4")
 
 
-@needs["ls"]
 @pytest.mark.parametrize("ls_map, devices, what", [
     ("0:1,2", 2, "leaves block(s) 3 to no rank"),
     ("0:1,1:2:3", 2, "assigns block 1 twice"),
@@ -133,7 +130,6 @@ def test_ls_map_must_cover_each_block_once_on_the_devices(cli, ls_map, devices, 
     assert_refused(rc, err, repr(ls_map), what)
 
 
-@needs["ahd"]
 @pytest.mark.parametrize("plan, devices, batch, what", [
     ("0-1x1,3x1", 2, 8, "misses"),
     ("0-1x1,1-3x1", 2, 8, "repeats or reorders"),
@@ -148,7 +144,6 @@ def test_plan_must_cover_blocks_in_order_on_the_devices(cli, plan, devices, batc
     assert plan.split(",")[0] in err
 
 
-@needs["dp"]
 def test_batch_smaller_than_replicas(cli):
     rc, err = cli("-w", "tiny", "-s", "dp", "-n", "2", "-b", "1")
     assert_refused(rc, err, "--batch-size 1", "--batch-size 2 or more")
@@ -261,3 +256,146 @@ def test_validate_raises_config_error_directly(tmp_path):
     with pytest.raises(ConfigError, match="--devices must be >= 1"):
         validate(RunConfig(devices=-1, out=str(tmp_path)))
     assert config_mod.workload_num_blocks(RunConfig(workload="tiny")) == 4
+
+
+# ----------------------------------------------------------------------------- values that used to pass
+
+
+def test_data_size_smaller_than_a_batch(cli):
+    rc, err = cli("--data-size", "4", "-b", "8")
+    assert_refused(rc, err, "--data-size 4", "--batch-size 8", "--data-size 8 or more", "--batch-size 4 or less")
+
+
+def test_resolution_too_small_for_the_workload(cli):
+    # VGG-16 pools 32 px down to 1×1 before its last pooling stage; 16 px leaves nothing to pool
+    rc, err = cli("-w", "compress-vgg16-cifar10", "--resolution", "16")
+    assert_refused(rc, err, "--resolution 16 is too small for workload compress-vgg16-cifar10",
+                   "Output size is too small", "pass --resolution 32")
+    rc, err = cli("-w", "tiny", "--resolution", "4")
+    assert_refused(rc, err, "resolution must be >= 8", "got 4")
+
+
+def test_resolution_probe_runs_on_the_meta_device(tmp_path, monkeypatch):
+    import pipebd.zoo.registry as registry
+
+    devices = []
+    real = registry.probe_shapes
+
+    def spy(wl):
+        devices.append(next(wl.teacher[0].parameters()).device.type)
+        return real(wl)
+
+    monkeypatch.setattr(registry, "probe_shapes", spy)
+    monkeypatch.setattr(config_mod, "_SHAPE_ERRORS", {})
+    validate(RunConfig(workload="tiny", resolution=24, out=str(tmp_path)))
+    assert devices == ["meta"]  # shapes only: no memory, no compute before spawn
+
+
+@pytest.mark.parametrize("lr", ["0", "-0.1", "nan"])
+def test_learning_rate_must_be_positive(cli, lr):
+    rc, err = cli("--lr", lr)
+    assert_refused(rc, err, "--lr must be a positive number", f"got {float(lr)}", "e.g. --lr 0.05")
+
+
+def test_weight_decay_must_not_be_negative(cli):
+    rc, err = cli("--weight-decay=-1e-4")
+    assert_refused(rc, err, "--weight-decay must be >= 0", "got -0.0001")
+
+
+@pytest.fixture
+def profile_csv(tmp_path):
+    from pipebd.simulate import random_cost_table
+
+    costs = random_cost_table(1, 6, 4, 64)
+    costs.workload = "nas-cifar10"
+    path = str(tmp_path / "p.csv")
+    costs.to_csv(path)
+    return path
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--inflight", "0"], ["--inflight must be >= 1", "got 0", "--inflight 2"]),
+    (["--batch-size", "0"], ["--batch-size must be >= 1", "got 0"]),
+    (["--steps-per-epoch", "-3"], ["--steps-per-epoch must be >= 1", "got -3"]),
+    (["--memory-limit", "0"], ["--memory-limit must be > 0"]),
+    (["--strategies", "dp,pipedream"], ["'pipedream'", "sequential,dp,ls"]),
+])
+def test_simulate_refuses_bad_flags(capsys, profile_csv, args, needles):
+    rc = main(["simulate", "--profile", profile_csv, "--devices", "1", "2", *args])
+    assert_refused(rc, capsys.readouterr().err, *needles)
+
+
+# ----------------------------------------------------------------------------- verify
+
+
+def _fake_weights(blocks=range(4), drop_param: int | None = None) -> dict:
+    weights = {i: {"w": torch.full((2,), float(i)), "b": torch.zeros(1)} for i in blocks}
+    if drop_param is not None:
+        del weights[drop_param]["b"]
+    return {"weights": weights, "paths": {i: [] for i in blocks}}
+
+
+def test_compare_weights_names_a_missing_block_and_the_strategy():
+    from pipebd.verify import compare_weights
+
+    shards = ((8,),) * 4
+    worst, bad = compare_weights(_fake_weights(), _fake_weights(), rtol=1e-5, shards=shards, strategy="tr")
+    assert worst == 0.0 and bad == []
+    worst, bad = compare_weights(_fake_weights([0, 1, 3]), _fake_weights(), rtol=1e-5, shards=shards, strategy="tr")
+    assert bad == ["block 2: tr saved no weights for it (no rank reported block 2)"] and worst == float("inf")
+    _, bad = compare_weights(_fake_weights(drop_param=1), _fake_weights(), rtol=1e-5, shards=shards, strategy="ls")
+    assert len(bad) == 1 and "block 1: ls's saved weights lack ['b']" in bad[0]
+    _, bad = compare_weights(_fake_weights(), _fake_weights([0, 1, 2]), rtol=1e-5, shards=shards, strategy="dp")
+    assert bad == ["block 3: missing from the sequential reference's saved weights"]
+    _, bad = compare_weights({"paths": {}}, _fake_weights(), rtol=1e-5, shards=shards, strategy="dp")
+    assert bad == ["dp: the saved file holds no 'weights' mapping of block -> state dict"]
+
+
+@pytest.fixture
+def fake_launch(monkeypatch):
+    """Replace verify's ``launch`` by one that writes saved weights without running anything;
+    ``lacking[strategy]`` lists blocks that strategy's file leaves out. Records what ran."""
+    import pipebd.verify
+
+    ran, lacking = [], {}
+
+    def launch(cfg):
+        ran.append(cfg.strategy)
+        blocks = [i for i in range(4) if i not in lacking.get(cfg.strategy, ())]
+        torch.save(_fake_weights(blocks), cfg.save_weights)
+
+    monkeypatch.setattr(pipebd.verify, "launch", launch)
+    return ran, lacking
+
+
+def test_verify_reports_a_block_missing_from_a_saved_file(fake_launch, tmp_path):
+    from pipebd.verify import verify_strategy
+
+    ran, lacking = fake_launch
+    lacking["tr"] = [2]
+    res = verify_strategy(RunConfig(workload="tiny", strategy="tr", devices=2, batch_size=8), workdir=str(tmp_path))
+    assert not res.ok and res.status == "FAIL"
+    assert "block 2: tr saved no weights for it" in res.detail
+    assert ran == ["sequential", "tr"]
+
+
+def test_verify_runs_the_valid_strategies_and_says_why_the_others_cannot(fake_launch, capsys):
+    ran, _ = fake_launch
+    rc = main(["verify", "-w", "tiny", "-n", "3", "--stages", "0,1-3"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    for name in ("tr", "tr-dpu"):
+        assert "INVALID" in rows[name] and "--stages '0,1-3' gives 2 stage(s) but --devices is 3" in rows[name]
+    for name in ("dp", "ls", "ahd"):
+        assert "PASS" in rows[name], rows[name]
+    assert "tr" not in ran and "tr-dpu" not in ran and {"dp", "ls", "ahd"} <= set(ran)
+    assert "INVALID (not run): tr, tr-dpu" in out
+
+
+def test_verify_with_an_error_every_strategy_shares_exits_2(fake_launch, capsys):
+    ran, _ = fake_launch
+    rc = main(["verify", "-w", "tiny", "-n", "2", "--lr", "0"])
+    err = capsys.readouterr().err
+    assert_refused(rc, err, "--lr must be a positive number")
+    assert err.count("--lr must") == 1 and ran == []
