@@ -65,6 +65,9 @@ class DataParallel(Strategy):
         weight = rows[ctx.rank] / cfg.batch_size
         teachers = ctx.teacher(range(n))
         trainers = {i: ctx.trainer(i) for i in range(n)}
+        # each block reloads its shard of every batch (the baseline's redundancy); on CUDA the next
+        # batch is copied ahead while this one computes
+        batches = ctx.data.loader(ctx.device, lo, hi, end=cfg.total_steps)
         for i in range(n):
             t = trainers[i]
             prefix = teachers[:i + 1]
@@ -76,7 +79,7 @@ class DataParallel(Strategy):
                     ctx.barrier()  # every rank has trained the same steps, so all reach it
                     rec.start_window()
                 with rec.span("data", i, step):
-                    x, _ = ctx.to_device(*ctx.data.load(step, lo, hi))
+                    x, _ = batches.get(step)
                 with rec.span("teacher", i, step):
                     y = teacher_forward(prefix[:-1], x)  # the input of block i
                     target = teacher_forward(prefix[-1:], y)
@@ -91,5 +94,6 @@ class DataParallel(Strategy):
                 ctx.after_step(step, {i: t})
                 ctx.progress.advance(1)
             rec.stop_window()
+        batches.close()
         # every rank holds identical replicas; one report per block is enough
         return trainers if ctx.rank == 0 else {}

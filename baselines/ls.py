@@ -112,6 +112,7 @@ class LayerWise(Strategy):
         mine = ls_assignment(cfg, ctx.workload.num_blocks)[ctx.rank]
         teachers = ctx.teacher(range(max(mine) + 1))
         trainers = {i: ctx.trainer(i) for i in mine}
+        self.batches = ctx.data.loader(ctx.device, end=cfg.total_steps)  # on CUDA the next batch is copied ahead
         todo = sum(cfg.total_steps - t.step_count for t in trainers.values())
         ctx.progress.start(todo, f"ls rank {ctx.rank} blocks {':'.join(map(str, mine))}")
         for i in mine:  # warm-up of every owned block, outside the window
@@ -124,13 +125,14 @@ class LayerWise(Strategy):
         with rec.span("sync"):
             ctx.barrier()  # inside the window: the makespan includes waiting for the slowest rank
         rec.stop_window()
+        self.batches.close()
         return trainers
 
     def _train(self, i: int, t: BlockTrainer, teachers: list, steps: range) -> None:
         ctx, rec = self.ctx, self.ctx.recorder
         for step in steps:
             with rec.span("data", i, step):
-                x, _ = ctx.to_device(*ctx.data.load(step))
+                x, _ = self.batches.get(step)
             with rec.span("teacher", i, step):
                 y = teacher_forward(teachers[:i], x)  # the input of block i
                 target = teacher_forward(teachers[i:i + 1], y)

@@ -43,11 +43,12 @@ class Sequential(Strategy):
         rec = ctx.recorder
         start = min(t.step_count for t in trainers.values())  # > 0 when resumed from a checkpoint
         ctx.progress.start(cfg.total_steps - start, "sequential")
+        batches = ctx.data.loader(ctx.device, end=cfg.total_steps)  # on CUDA the next batch is copied ahead
         for step in range(start, cfg.total_steps):
             if step >= cfg.warmup and not rec.measuring:
                 rec.start_window()
             with rec.span("data", step=step):
-                x, _ = ctx.to_device(*ctx.data.load(step))
+                x, _ = batches.get(step)
             for i in range(n):
                 with rec.span("teacher", i, step):
                     y = teacher_forward([teachers[i]], x)
@@ -65,4 +66,5 @@ class Sequential(Strategy):
             ctx.after_step(step, trainers)
             ctx.progress.advance(1)
         rec.stop_window()
+        batches.close()
         return trainers

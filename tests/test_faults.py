@@ -62,7 +62,7 @@ class ToySync(Strategy):
         for step in range(min(t.step_count for t in trainers.values()), cfg.total_steps):
             if step >= cfg.warmup and not ctx.recorder.measuring:
                 ctx.recorder.start_window()
-            x, _ = ctx.to_device(*ctx.data.load(step))
+            x, _ = ctx.data.loader(ctx.device).get(step)
             for i in range(max(mine) + 1):
                 y = teacher_forward([teachers[i]], x)
                 t = trainers.get(i)

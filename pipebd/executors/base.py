@@ -82,9 +82,6 @@ class RankContext:
     def teacher(self, blocks) -> list[torch.nn.Module]:
         return [self.workload.teacher[i].to(self.device) for i in blocks]
 
-    def to_device(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(t.to(self.device, non_blocking=True) for t in tensors)
-
     def after_step(self, step: int, trainers: dict[int, BlockTrainer]) -> None:
         """Call after this rank finished training step ``step`` of ``trainers`` (heartbeat,
         checkpoints, fault injection). Every strategy calls it once per completed step it trains.

@@ -148,6 +148,8 @@ class RelayPipeline:
         self.inbox: Inbox | None = None
         self.outbox: Outbox | None = None
         self._connect()
+        # only the first stage loads data: its rows of each batch, the next one copied ahead on CUDA
+        self.batches = ctx.data.loader(ctx.device, self.lo, self.hi, end=cfg.total_steps) if self.inbox is None else None
 
     # ---------------------------------------------------------------- set-up
 
@@ -240,6 +242,8 @@ class RelayPipeline:
             self._drain()
             ctx.barrier()
             rec.stop_window()
+        if self.batches is not None:
+            self.batches.close()
         return self.trainers if self.replica == 0 else {}
 
     def _drain(self) -> None:
@@ -259,8 +263,7 @@ class RelayPipeline:
         ctx, rec = self.ctx, self.ctx.recorder
         if self.inbox is None:
             with rec.span("data", step=step):
-                x, _labels = ctx.data.load(step, self.lo, self.hi)
-                (x,) = ctx.to_device(x)
+                x, _labels = self.batches.get(step)
         else:
             with rec.span("comm", step=step):
                 x = self.inbox.wait(step)
