@@ -120,9 +120,12 @@ def bench(cfg: RunConfig, strategies: tuple[str, ...] = BENCH_STRATEGIES, *, rep
     costs, csv = None, cfg.profile
     if ideal != "none" or cfg.profile:
         mode = "profile" if cfg.profile else ideal
-        pcfg = cfg.replace(strategy="sequential", steps=max(3, min(cfg.steps, 7)), warmup=1)
+        # one trial per measured step, on the same step indices: a supernet's profile then prices
+        # exactly the paths the runs train (16 sampled paths' mean is within ~2 % of the
+        # expectation in total, but a block's can be 10 % off: matched steps remove that)
+        pcfg = cfg.replace(strategy="sequential", steps=cfg.steps, warmup=1)
         path = cfg.profile or os.path.join(cfg.out, "profiles", profile_name(cfg))
-        costs, csv = group_costs(pcfg, mode, path=path, force=not cfg.profile, say=say)
+        costs, csv = group_costs(pcfg, mode, path=path, force=not cfg.profile, say=say, first_step=cfg.warmup)
     per_sample = ideal_seconds_per_sample(costs, cfg.devices, cfg.batch_size) if costs is not None else None
     note = "" if per_sample is not None else "n/a (no profile / cost model)"
     samples = None  # the epoch size the runs extrapolate to

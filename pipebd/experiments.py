@@ -544,9 +544,12 @@ def unit_config(prof: ProfileSpec, unit: Unit, *, out: str, tag: str, profile_cs
 
 
 def _group_config(prof: ProfileSpec, w: WorkloadSpec, batch: int, devices: int) -> RunConfig:
+    """The profile's configuration of one group: at least as many trials as the runs measure
+    steps (they start at the runs' first measured step, so a supernet times the same paths)."""
     kw = {k: v for k, v in prof.options.items()}
+    steps = w.steps if w.steps is not None else prof.steps
     return RunConfig(workload=w.name, strategy="sequential", devices=devices, batch_size=batch,
-                     steps=prof.profile_steps, warmup=prof.profile_warmup, resolution=w.resolution,
+                     steps=max(prof.profile_steps, steps), warmup=prof.profile_warmup, resolution=w.resolution,
                      width_mult=w.width_mult, num_classes=w.num_classes, quiet=True, **kw)
 
 
@@ -646,9 +649,10 @@ def profile_name(cfg: RunConfig) -> str:
 
 
 def group_costs(cfg: RunConfig, mode: str, *, path: str | None = None, force: bool = False,
-                say: Callable[[str], None] = print):
+                say: Callable[[str], None] = print, first_step: int | None = None):
     """The cost table of ``cfg``'s (workload, batch, devices): measured into ``path`` (reused when it
-    exists, unless ``force``), or estimated from FLOPs. ``(None, None)`` with a note when unavailable."""
+    exists, unless ``force``), or estimated from FLOPs. ``(None, None)`` with a note when unavailable.
+    ``first_step``: the runs' first measured step, so a profiled supernet times the paths they train."""
     if mode == "none":
         return None, None
     try:
@@ -671,7 +675,7 @@ def group_costs(cfg: RunConfig, mode: str, *, path: str | None = None, force: bo
         return estimate_cost_table(cfg), None
     t0 = time.perf_counter()
     try:
-        costs = profile(cfg.replace(timeout=max(cfg.timeout, 600.0)), path)
+        costs = profile(cfg.replace(timeout=max(cfg.timeout, 600.0)), path, first_step=first_step)
     except Exception as e:  # noqa: BLE001
         say(f"note: profiling {cfg.workload} on {cfg.devices} device(s), batch {cfg.batch_size} failed: "
             f"{' '.join(str(e).split())}; no ideal for it")
@@ -1018,7 +1022,8 @@ def run_experiment(exp: Experiment, profile: str = DEFAULT_PROFILE, *, results_r
     for w, b, n in _groups(prof):
         gcfg = _group_config(prof, w, b, n)
         cache = os.path.join(results_root, profile, "profiles", profile_name(gcfg))
-        costs, csv_path = group_costs(gcfg, prof.costs, path=cache, force=force, say=say)
+        warmup = w.warmup if w.warmup is not None else prof.warmup
+        costs, csv_path = group_costs(gcfg, prof.costs, path=cache, force=force, say=say, first_step=warmup)
         if costs is not None:
             per_sample = ideal_seconds_per_sample(costs, n, b)
             if per_sample is not None:

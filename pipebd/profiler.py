@@ -83,14 +83,19 @@ class ProfileOptions:
     warmup: int = 2  # untimed repetitions before them
     comm_trials: int = 10  # timed repetitions of each relay / all-reduce / barrier
     replica_groups: int | None = None  # per-replica batches ceil(B/g), g = 1..G; None: max(ranks, 4)
+    #: step index (so NAS path) of the first timed trial; trial k times step first_step + k. Give a
+    #: run's first measured step (its --warmup) and trials = its --steps, and a supernet's profiled
+    #: cost is that of exactly the paths the run trains. None: max(1, warmup).
+    first_step: int | None = None
 
     @classmethod
     def for_config(cls, cfg: RunConfig, out: str, *, quick: bool = False,
-                   replica_groups: int | None = None) -> "ProfileOptions":
+                   replica_groups: int | None = None, first_step: int | None = None) -> "ProfileOptions":
         if quick:
-            return cls(out=out, trials=2, warmup=1, comm_trials=3, replica_groups=replica_groups)
+            return cls(out=out, trials=2, warmup=1, comm_trials=3, replica_groups=replica_groups,
+                       first_step=first_step)
         return cls(out=out, trials=cfg.steps, warmup=cfg.warmup, comm_trials=max(5, cfg.steps),
-                   replica_groups=replica_groups)
+                   replica_groups=replica_groups, first_step=first_step)
 
     def groups(self, devices: int) -> int:
         """``G``: the largest replica group whose per-replica batch is profiled."""
@@ -137,12 +142,14 @@ def _validate(cfg: RunConfig, out: str, opts: ProfileOptions | None = None) -> N
                               f"{torch.cuda.device_count()}; lower --devices")
 
 
-def profile(cfg: RunConfig, out: str, *, quick: bool = False, replica_groups: int | None = None) -> CostTable | None:
+def profile(cfg: RunConfig, out: str, *, quick: bool = False, replica_groups: int | None = None,
+            first_step: int | None = None) -> CostTable | None:
     """Profile ``cfg.workload`` on ``cfg.devices`` ranks at global batch ``cfg.batch_size``; write ``out``.
 
     ``replica_groups`` is ``G`` of :class:`ProfileOptions` (per-replica batches ``ceil(B/g)``,
-    ``g = 1..G``; default ``max(devices, 4)``). Returns the table (on the launching process /
-    rank 0; ``None`` on other torchrun ranks).
+    ``g = 1..G``; default ``max(devices, 4)``); ``first_step`` the step of the first timed trial
+    (:attr:`ProfileOptions.first_step`). Returns the table (on the launching process / rank 0;
+    ``None`` on other torchrun ranks).
     """
     from .runner import under_torchrun
 
@@ -150,7 +157,9 @@ def profile(cfg: RunConfig, out: str, *, quick: bool = False, replica_groups: in
     if replica_groups is not None and replica_groups < 1:
         raise ConfigError(f"--replica-groups must be >= 1, got {replica_groups}; e.g. --replica-groups 8 profiles "
                           "the per-replica batches of stages of up to 8 replicas")
-    opts = ProfileOptions.for_config(cfg, out, quick=quick, replica_groups=replica_groups)
+    if first_step is not None and first_step < 1:
+        raise ConfigError(f"--first-step must be >= 1 (a step index), got {first_step}")
+    opts = ProfileOptions.for_config(cfg, out, quick=quick, replica_groups=replica_groups, first_step=first_step)
     _validate(cfg, out, opts)
     if under_torchrun():
         world = int(os.environ["WORLD_SIZE"])
@@ -428,7 +437,8 @@ class _Profiler:
         """
         t_times: dict[int, list[float]] = {i: [] for i in range(self.n)}
         s_times: dict[int, list[float]] = {i: [] for i in chain}
-        start = max(1, self.opts.warmup)
+        # trial k (1..trials) times step start + k; trial 0, untimed, warms the chain on step start
+        start = self.opts.first_step - 1 if self.opts.first_step is not None else max(1, self.opts.warmup)
         failed = x0 is None
         for trial in range(self.opts.trials + 1):  # the first pass only warms the chain
             dist.barrier()
@@ -644,7 +654,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, out="results")
     out = default_profile_path(cfg, args.out)
     t0 = time.perf_counter()
-    costs = profile(cfg, out, quick=args.quick, replica_groups=args.replica_groups)
+    costs = profile(cfg, out, quick=args.quick, replica_groups=args.replica_groups, first_step=args.first_step)
     if costs is None:
         return 0
     sizes = sorted(costs.batches(), reverse=True)
@@ -673,5 +683,8 @@ def add_cli(sub) -> None:
     p.add_argument("--replica-groups", type=int, default=None, metavar="G",
                    help=f"profile the per-replica batches ceil(B/g) for g = 1..G, even with fewer ranks "
                         f"(default: max(--devices, {MIN_REPLICA_GROUPS})); G >= --devices")
+    p.add_argument("--first-step", type=int, default=None, metavar="K",
+                   help="step index of the first timed trial (NAS: the sampled paths of steps K, K+1, ...); give a "
+                        "run's --warmup and --steps to profile exactly the paths it measures")
     # --out names the CSV here (a directory gets <workload>-<device>-n<N>-b<B>.csv); trials = --steps
     p.set_defaults(func=_cmd_profile, out=None, steps=7, warmup=2, timeout=600.0)
