@@ -281,7 +281,8 @@ def workload_options(cfg: RunConfig):
     from .zoo import WorkloadOptions
 
     return WorkloadOptions(resolution=cfg.resolution, width_mult=cfg.width_mult, num_classes=cfg.num_classes,
-                           teacher_weights=cfg.teacher_weights, seed=cfg.seed, student_bn=cfg.student_bn)
+                           teacher_weights=cfg.teacher_weights, seed=cfg.seed, student_bn=cfg.student_bn,
+                           nas_zero=cfg.nas_zero)
 
 
 def data_config(cfg: RunConfig, workload=None):

@@ -1,8 +1,10 @@
 """Quick per-block facts and cost estimates for balancing layouts before any profile exists.
 
 :func:`block_facts` counts, on the meta device (no real compute, no memory), every block's
-forward FLOPs per sample for teacher and student (``torch.utils.flop_counter``; a supernet
-student on the path sampled at step 0), its parameter counts and boundary shapes.
+forward FLOPs per sample for teacher and student (``torch.utils.flop_counter``), its parameter
+counts and boundary shapes. A supernet student trains one uniformly sampled path per step, so
+its FLOPs are the expectation over paths: fixed prefix + Σ over cells of the mean over that
+cell's choices (a Zero choice counts 0 FLOPs) + fixed suffix.
 :func:`estimate_block_costs` turns them into one relative cost per block: teacher + 3×
 student forward, the usual forward+backward ratio. :mod:`pipebd.profiler` replaces these with
 measured times; ``python -m pipebd zoo`` prints the facts.
@@ -12,12 +14,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .zoo import WorkloadOptions, build_workload
-from .zoo.layers import sample_path
 
 __all__ = ["BlockFacts", "block_facts", "estimate_block_costs"]
 
@@ -27,7 +29,7 @@ class BlockFacts:
     in_shape: tuple[int, ...]  # per sample
     out_shape: tuple[int, ...]
     teacher_flops: float  # forward, per sample
-    student_flops: float  # forward, per sample (supernet: the step-0 path)
+    student_flops: float  # forward, per sample (supernet: the mean over its uniformly sampled paths)
     teacher_params: int
     student_params: int
 
@@ -36,25 +38,48 @@ def _params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def _flops(fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Forward FLOPs of ``fn(*args)`` (no grad) and its output."""
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        out = fn(*args)
+    return float(fc.get_total_flops()), out
+
+
+def _student_flops(block: torch.nn.Module, x: torch.Tensor) -> float:
+    """Forward FLOPs of a student block; a supernet's is the mean over its uniformly sampled paths.
+
+    Cells are chosen independently and uniformly, so the expected FLOPs of a path are the sum,
+    over cells, of the mean FLOPs of the cell's choices (each counted on the cell's input).
+    """
+    if not getattr(block, "is_supernet", False):
+        return _flops(block, x)[0]
+    total, x = _flops(block.prefix, x)
+    for cell in block.cells:
+        per_choice = []
+        for op in cell:
+            f, y = _flops(op, x)
+            per_choice.append(f)
+        total += sum(per_choice) / len(per_choice)
+        x = y  # every choice of a cell gives the same shape
+    return total + _flops(block.suffix, x)[0]
+
+
 @functools.lru_cache(maxsize=32)
 def block_facts(workload: str, resolution: int | None = None, width_mult: float = 1.0,
-                num_classes: int | None = None) -> tuple[BlockFacts, ...]:
-    """Per-block FLOPs, parameters and shapes of a workload, counted on the meta device (cached)."""
+                num_classes: int | None = None, nas_zero: bool = True) -> tuple[BlockFacts, ...]:
+    """Per-block FLOPs, parameters and shapes of a workload, counted on the meta device (cached).
+
+    ``student_params`` counts every parameter of the block (a supernet: all its choices).
+    """
     facts = []
     with torch.device("meta"):
         wl = build_workload(workload, WorkloadOptions(resolution=resolution, width_mult=width_mult,
-                                                      num_classes=num_classes), probe=False)
+                                                      num_classes=num_classes, nas_zero=nas_zero), probe=False)
         x = torch.zeros((1, *wl.input_shape))
-        for i, (t, s) in enumerate(zip(wl.teacher, wl.student)):
-            path = sample_path(s, seed=0, block_index=i, step=0)
-            if path is not None:
-                s.set_path(path)
-            with FlopCounterMode(display=False) as ft, torch.no_grad():
-                y = t(x)
-            with FlopCounterMode(display=False) as fs, torch.no_grad():
-                s(x)
-            facts.append(BlockFacts(tuple(x.shape[1:]), tuple(y.shape[1:]), float(ft.get_total_flops()),
-                                    float(fs.get_total_flops()), _params(t), _params(s)))
+        for t, s in zip(wl.teacher, wl.student):
+            t_flops, y = _flops(t, x)
+            facts.append(BlockFacts(tuple(x.shape[1:]), tuple(y.shape[1:]), t_flops, _student_flops(s, x),
+                                    _params(t), _params(s)))
             x = y
     return tuple(facts)
 
@@ -62,4 +87,5 @@ def block_facts(workload: str, resolution: int | None = None, width_mult: float 
 def estimate_block_costs(cfg) -> list[float]:
     """Relative cost of each block of ``cfg``'s workload (FLOPs per sample, teacher + student train)."""
     return [f.teacher_flops + 3 * f.student_flops
-            for f in block_facts(cfg.workload, cfg.resolution, cfg.width_mult, cfg.num_classes)]
+            for f in block_facts(cfg.workload, cfg.resolution, cfg.width_mult, cfg.num_classes,
+                                 cfg.nas_zero)]

@@ -3,8 +3,7 @@ same student weights, bit for bit, as the run that was never interrupted.
 
 The 2-rank runs cover ``dp`` (blocks one after another: finished blocks must be skipped on
 resume) and ``tr-dpu`` (pipelined: ranks are at different steps when one dies, so only a
-consistent cut can be resumed); while tr-dpu is not registered, the test-only ``toy-sync``
-strategy of tests/test_faults.py stands in for it.
+consistent cut can be resumed).
 """
 
 from __future__ import annotations
@@ -18,20 +17,15 @@ import torch
 from pipebd import checkpoint as ck
 from pipebd.config import RunConfig
 from pipebd.distill import BlockTrainer
-from pipebd.executors import strategy_names
 from pipebd.runner import RunFailed, launch
 from pipebd.zoo import build_workload
 
-import tests.test_faults  # noqa: F401  (registers toy-sync in this process too)
-
-STRATEGIES = [s for s in ("dp", "tr-dpu") if s in strategy_names()]
-if "tr-dpu" not in STRATEGIES:
-    STRATEGIES.append("toy-sync")
+STRATEGIES = ["dp", "tr-dpu"]  # a removed strategy fails here, it is not skipped
 
 
 def _base(tmp_path, strategy: str) -> RunConfig:
     return RunConfig(workload="tiny", strategy=strategy, devices=2, batch_size=4, steps=3, warmup=1, seed=3,
-                     quiet=True, trace=False, plugins=("tests.test_faults",), out=str(tmp_path / "res"))
+                     quiet=True, trace=False, out=str(tmp_path / "res"))
 
 
 def _assert_same_weights(a_path: str, b_path: str) -> None:
@@ -67,8 +61,6 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, strategy):
 
 def test_dp_resume_skips_finished_blocks(tmp_path):
     """Resume dp in its last block: blocks 0-2 are finished in the checkpoint and skipped."""
-    if "dp" not in strategy_names():
-        pytest.skip("strategy 'dp' is not registered yet")
     base = _base(tmp_path, "dp")
     ckdir = str(tmp_path / "ck")
     launch(base.replace(save_weights=str(tmp_path / "whole.pt")))

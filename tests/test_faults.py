@@ -7,8 +7,7 @@ marker; every process of the run (launcher, ranks, multiprocessing's helpers) in
 so "no process left" is checked by scanning ``/proc/*/environ`` for the marker. Each
 subprocess has a generous timeout as a hang guard; no test asserts a wall-clock time.
 
-The 2-rank runs use ``dp`` when it is registered, else the test-only ``toy-sync`` strategy
-below (registered when this module is imported: ``--plugin tests.test_faults``).
+The 2-rank runs use ``dp`` (an all-reduce every step, so a peer's failure is seen at once).
 """
 
 from __future__ import annotations
@@ -23,62 +22,15 @@ import uuid
 
 import pandas as pd
 import pytest
-import torch
-import torch.distributed as dist
 
 from pipebd import metrics
 from pipebd.config import RunConfig
-from pipebd.distill import BlockTrainer, teacher_forward
-from pipebd.executors import Strategy, register_strategy, strategy_names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARK_ENV = "PIPEBD_TEST_MARK"
 
 
-@register_strategy("toy-sync")
-class ToySync(Strategy):
-    """Test-only: rank r trains blocks r, r+N, ... at full batch; one all-reduce per step.
-
-    Small, but it has what the fault tests need: every step is a collective, so a peer's
-    failure is seen at once, and it trains each trainer from ``trainer.step_count``.
-    """
-
-    description = "test-only: blocks round-robin over ranks, an all-reduce every step"
-
-    @classmethod
-    def validate(cls, cfg: RunConfig, num_blocks: int) -> None:
-        super().validate(cfg, num_blocks)
-        if cfg.devices > num_blocks:
-            from pipebd.config import ConfigError
-
-            raise ConfigError(f"toy-sync needs --devices <= {num_blocks} blocks, got {cfg.devices}")
-
-    def run(self) -> dict[int, BlockTrainer]:
-        ctx, cfg = self.ctx, self.ctx.config
-        n = ctx.workload.num_blocks
-        mine = [i for i in range(n) if i % ctx.world_size == ctx.rank]
-        teachers = ctx.teacher(range(max(mine) + 1))
-        trainers = {i: ctx.trainer(i) for i in mine}
-        for step in range(min(t.step_count for t in trainers.values()), cfg.total_steps):
-            if step >= cfg.warmup and not ctx.recorder.measuring:
-                ctx.recorder.start_window()
-            x, _ = ctx.data.loader(ctx.device).get(step)
-            for i in range(max(mine) + 1):
-                y = teacher_forward([teachers[i]], x)
-                t = trainers.get(i)
-                if t is not None and t.step_count == step:
-                    with ctx.recorder.span("student", i, step):
-                        t.train_step(step, x, y)
-                x = y
-            if ctx.world_size > 1:
-                with ctx.recorder.span("comm", -1, step):
-                    dist.all_reduce(torch.zeros(1))
-            ctx.after_step(step, trainers)
-        ctx.recorder.stop_window()
-        return trainers
-
-
-STRATEGY = "dp" if "dp" in strategy_names() else "toy-sync"
+STRATEGY = "dp"  # a collective every step: a peer's failure is seen at once
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -119,7 +71,7 @@ def assert_nothing_left(mark: str, within_s: float = 15.0) -> None:
 def pipebd_args(out, *extra: str) -> list[str]:
     return [sys.executable, "-m", "pipebd", "run", "--quiet", "--workload", "tiny", "--strategy", STRATEGY,
             "--devices", "2", "--batch-size", "4", "--steps", "3", "--warmup", "1", "--no-trace",
-            "--plugin", "tests.test_faults", "--out", str(out), *extra]
+            "--out", str(out), *extra]
 
 
 def run_marked(args: list[str], *, timeout: float) -> tuple[subprocess.CompletedProcess, str]:

@@ -13,7 +13,7 @@ from torch import nn
 
 from pipebd.config import ConfigError, RunConfig, validate
 from pipebd.data import DataConfig, DataError, DataSource
-from pipebd.distill import BlockTrainer, shard_sizes, teacher_forward
+from pipebd.distill import BlockTrainer, OptimConfig, shard_sizes, teacher_forward
 from pipebd.zoo import WorkloadError, WorkloadOptions, build_workload, sample_path, workload_names
 from pipebd.zoo.registry import probe_shapes
 
@@ -101,7 +101,8 @@ def test_path_sampler_is_a_function_of_seed_block_step():
     s = build_workload("nas-cifar10", probe=False).student[2]
     p = sample_path(s, seed=1, block_index=2, step=5)
     assert p == sample_path(s, seed=1, block_index=2, step=5)
-    assert len(p) == 4 and all(0 <= c < 6 for c in p)
+    assert len(p) == 4 and all(0 <= c < n for c, n in zip(p, s.choices_per_cell))
+    assert s.choices_per_cell == [6, 7, 7, 7]  # the Zero choice on all but the first cell (tests/test_zoo.py)
     across_steps = {sample_path(s, seed=1, block_index=2, step=k) for k in range(20)}
     assert len(across_steps) > 10
     assert sample_path(s, seed=2, block_index=2, step=5) != p or sample_path(s, seed=2, block_index=2, step=6) != \
@@ -178,25 +179,85 @@ def test_same_seed_gives_bit_identical_weights():
     assert a[0].paths == b[0].paths != c[0].paths
 
 
-def test_ghost_shards_match_data_parallel_numerics():
-    """Two ghost shards give the same update as averaging two half-batch gradients by hand."""
+def _ghost_block(last: bool) -> nn.Module:
     torch.manual_seed(0)
-    blk = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4))
-    x, y = torch.randn(8, 3, 6, 6), torch.randn(8, 4, 6, 6)
+    layers: list[nn.Module] = [nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)]
+    if last:
+        layers += [nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(4, 5)]
+    return nn.Sequential(*layers)
+
+
+def _by_hand(blk: nn.Module, x: torch.Tensor, y: torch.Tensor, sizes: list[int], weights: list[float],
+             optim: OptimConfig, *, last: bool) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """One SGD step written out: independent forward/backward per shard, gradients averaged by hand.
+
+    Returns the stepped parameters, the buffers (BN running stats after both forwards) and the loss.
+    """
+    import torch.nn.functional as F
+
+    params = list(blk.parameters())
+    grads = [torch.zeros_like(p) for p in params]
+    loss_total = torch.zeros(())
+    lo = 0
+    for n, w in zip(sizes, weights):
+        out = blk(x[lo:lo + n])
+        tgt = y[lo:lo + n]
+        if last:
+            loss = -(F.softmax(tgt, 1) * F.log_softmax(out, 1)).sum(1).mean()
+        else:
+            loss = ((out - tgt) ** 2).mean()
+        for acc, g in zip(grads, torch.autograd.grad(loss, params)):
+            acc += w * g
+        loss_total += w * loss.detach()
+        lo += n
+    stepped = []
+    with torch.no_grad():
+        for p, g in zip(params, grads):  # torch.optim.SGD's first step: the momentum buffer is d itself
+            d = g + optim.weight_decay * p
+            d = d + optim.momentum * d if optim.nesterov else d
+            stepped.append(p - optim.lr * d)
+    return stepped, [b.detach().clone() for b in blk.buffers()], loss_total
+
+
+@pytest.mark.parametrize("batch,last", [(8, False), (7, False), (7, True)])
+def test_ghost_shards_match_data_parallel_numerics(batch, last):
+    """``train_step(shards=2)`` = two half-batch gradients averaged by hand (weights n/B), then one SGD step.
+
+    BatchNorm makes each shard's gradient depend on its own rows, so a shard weighting other
+    than n_shard/B (a sum, or 1/shards on the uneven 4+3 split) gives other weights here.
+    """
     import copy
 
-    a, b = copy.deepcopy(blk), copy.deepcopy(blk)
-    ta = BlockTrainer(0, a, False, 5, 0)
-    ta.train_step(0, x, y, shards=2)
-    tb = BlockTrainer(0, b, False, 5, 0)
-    tb.begin(0)
-    for lo, n in ((0, 4), (4, 4)):
-        tb.accumulate(x[lo:lo + n], y[lo:lo + n], weight=0.5)
-    tb.apply()
-    for pa, pb in zip(a.parameters(), b.parameters()):
-        assert torch.allclose(pa, pb, rtol=0, atol=1e-7)
+    blk = _ghost_block(last)
+    x = torch.randn(batch, 3, 6, 6)
+    y = torch.randn(batch, 5) if last else torch.randn(batch, 4, 6, 6)
+    optim = OptimConfig(lr=0.5, momentum=0.9, weight_decay=1e-2, nesterov=True)
+    sizes = [(batch + 1) // 2, batch // 2]
+
+    trained = copy.deepcopy(blk)
+    loss = BlockTrainer(0, trained, last, 5, 0, optim=optim).train_step(0, x, y, shards=2)
+    want, want_buffers, want_loss = _by_hand(copy.deepcopy(blk), x, y, sizes, [n / batch for n in sizes], optim,
+                                             last=last)
+    for got, exp in zip(trained.parameters(), want):
+        torch.testing.assert_close(got.detach(), exp, rtol=1e-5, atol=1e-6)
+    for got, exp in zip(trained.buffers(), want_buffers):
+        torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
+
+    # the comparison has power: other weightings and one unsharded step land measurably elsewhere
+    wrong = [[1.0, 1.0]] + ([[0.5, 0.5]] if sizes[0] != sizes[1] else [])
+    for weights in wrong:
+        other, _, _ = _by_hand(copy.deepcopy(blk), x, y, sizes, weights, optim, last=last)
+        assert max(float((a - b).abs().max()) for a, b in zip(want, other)) > 1e-4
+    whole = copy.deepcopy(blk)
+    BlockTrainer(0, whole, last, 5, 0, optim=optim).train_step(0, x, y, shards=1)
+    assert max(float((a.detach() - b).abs().max()) for a, b in zip(whole.parameters(), want)) > 1e-4
+
+
+def test_shard_sizes_split_evenly_larger_first():
     assert shard_sizes(10, 3) == [4, 3, 3]
-    with pytest.raises(ValueError):
+    assert shard_sizes(7, 2) == [4, 3]
+    with pytest.raises(ValueError, match="cannot split a batch of 2 into 3 shards"):
         shard_sizes(2, 3)
 
 

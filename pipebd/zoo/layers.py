@@ -3,7 +3,9 @@
 - :class:`MBConv`: the inverted-residual cell of MobileNetV2 (Sandler et al., 2018).
 - :class:`SupernetBlock`: a ProxylessNAS-style supernet block (Cai et al., 2019) as used by
   DNA (Li et al., 2020): every cell holds one MBConv per (kernel, expansion) choice and a
-  training step runs one sampled path through the cells.
+  training step runs one sampled path through the cells. Every cell but the first of a block
+  (a block is one stage) also holds the **Zero** choice (:class:`Zero`, an identity: the cell
+  is skipped), as in ProxylessNAS / DNA / Pipe-BD's search space.
 - :func:`depthwise_separable`: the compression student of Blakeney et al. (2021): a block
   where every 3×3 convolution is replaced by a depthwise 3×3 + BN + ReLU + pointwise 1×1.
 - :func:`sample_path`: the path for (seed, block, step), identical on every rank.
@@ -16,10 +18,14 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["MBConv", "SupernetBlock", "depthwise_separable", "sample_path", "NAS_CHOICES", "make_divisible"]
+__all__ = ["MBConv", "Zero", "SupernetBlock", "depthwise_separable", "sample_path", "NAS_CHOICES", "ZERO_CHOICE",
+           "make_divisible"]
 
 #: (kernel, expansion) choices of every supernet cell, as in Pipe-BD's NAS setting.
 NAS_CHOICES: tuple[tuple[int, int], ...] = tuple((k, e) for k in (3, 5, 7) for e in (3, 6))
+#: Index of the Zero (skip) choice in a cell that has one: after the MBConv choices, so the
+#: indices 0..5 of recorded paths keep their meaning whether or not Zero is in the space.
+ZERO_CHOICE: int = len(NAS_CHOICES)
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
@@ -54,33 +60,67 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
+class Zero(nn.Module):
+    """The Zero choice of a supernet cell: the cell is skipped and its input passes through.
+
+    ProxylessNAS calls it "zero" (the op outputs zero and only the cell's residual shortcut
+    remains, so the cell is an identity); it has no parameters and no FLOPs, and it is only
+    legal where the cell keeps the shape (stride 1, ``cin == cout``).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
 class SupernetBlock(nn.Module):
-    """One student block of a DNA/ProxylessNAS supernet.
+    """One student block (one stage) of a DNA/ProxylessNAS supernet.
 
     ``prefix`` and ``suffix`` are fixed layers (the stem joins block 0, the head joins the last
     block); between them, ``cells`` mixed cells each hold one :class:`MBConv` per entry of
-    :data:`NAS_CHOICES`. :meth:`set_path` picks one choice per cell before a forward.
+    :data:`NAS_CHOICES`. With ``zero`` every cell but the first (the only one that may change
+    stride and width) also holds a :class:`Zero` choice at index :data:`ZERO_CHOICE`.
+    :meth:`set_path` picks one choice per cell before a forward.
     """
 
     is_supernet = True
 
     def __init__(self, cin: int, cout: int, *, cells: int, stride: int,
-                 prefix: nn.Module | None = None, suffix: nn.Module | None = None):
+                 prefix: nn.Module | None = None, suffix: nn.Module | None = None, zero: bool = False):
         super().__init__()
+        if cells < 1:
+            raise ValueError(f"a supernet block needs >= 1 cell, got cells={cells}")
         self.prefix = prefix if prefix is not None else nn.Identity()
         self.cells = nn.ModuleList()
         for c in range(cells):
-            self.cells.append(nn.ModuleList(
+            ops: list[nn.Module] = [
                 MBConv(cin if c == 0 else cout, cout, stride=stride if c == 0 else 1, expansion=e, kernel=k)
                 for k, e in NAS_CHOICES
-            ))
+            ]
+            if zero and c > 0:  # stride 1 and cout -> cout: the identity fits
+                ops.append(Zero())
+            self.cells.append(nn.ModuleList(ops))
         self.suffix = suffix if suffix is not None else nn.Identity()
-        self.choices_per_cell = [len(NAS_CHOICES)] * cells
+        self.choices_per_cell = [len(cell) for cell in self.cells]
         self.path: tuple[int, ...] | None = None
+
+    @property
+    def zero_cells(self) -> int:
+        """How many cells of this block hold the Zero choice."""
+        return sum(1 for cell in self.cells if any(isinstance(op, Zero) for op in cell))
+
+    def choice_name(self, cell: int, choice: int) -> str:
+        """A readable name of choice ``choice`` of cell ``cell``: ``"k5e3"`` or ``"zero"``."""
+        op = self.cells[cell][choice]
+        if isinstance(op, Zero):
+            return "zero"
+        k, e = NAS_CHOICES[choice]
+        return f"k{k}e{e}"
 
     def set_path(self, path: tuple[int, ...]) -> None:
         if len(path) != len(self.cells) or any(not 0 <= p < n for p, n in zip(path, self.choices_per_cell)):
-            raise ValueError(f"path {path} does not fit a supernet block with choices {self.choices_per_cell}")
+            raise ValueError(f"path {path} does not fit a supernet block with choices per cell "
+                             f"{self.choices_per_cell}: give one index 0 <= p < choices for each of its "
+                             f"{len(self.cells)} cells")
         self.path = tuple(path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,7 +136,9 @@ def sample_path(block: nn.Module, *, seed: int, block_index: int, step: int) -> 
     """Sample the path of ``block`` at ``step``: a pure function of (seed, block, step).
 
     Every strategy and every replica calls this with the same arguments and so trains the
-    same path; fixed (non-supernet) blocks have no path.
+    same path; fixed (non-supernet) blocks have no path. Each cell's choice is uniform over
+    its ``choices_per_cell`` (7 with Zero, else 6), drawn in cell order from one generator;
+    without Zero the paths are exactly those of the 6-choice space.
     """
     if not getattr(block, "is_supernet", False):
         return None

@@ -4,7 +4,9 @@ The teacher is MobileNetV2 (torchvision's implementation), cut into 6 blocks at 
 boundaries: the stem and the first two stages form block 0, the head and classifier join
 block 5 (whose target is the teacher's logits). Each student block is a ProxylessNAS-style
 supernet (:class:`~pipebd.zoo.layers.SupernetBlock`) with 2, 4, 4, 4, 4, 1 mixed cells of
-MBConv choices kernel {3, 5, 7} × expansion {3, 6}, as in Pipe-BD's NAS experiments.
+MBConv choices kernel {3, 5, 7} × expansion {3, 6}, as in Pipe-BD's NAS experiments, plus a
+Zero (skip) choice on every cell but the first of each stage (1 + 3 + 3 + 3 + 3 + 0 = 13 of the
+19 cells; ``WorkloadOptions(nas_zero=False)`` / ``--no-nas-zero`` drops it).
 
 ``nas-cifar10`` uses the CIFAR variant (32 px, stem stride 1, stage strides 1,2,2,1,2,1);
 ``nas-imagenet`` uses torchvision's ``mobilenet_v2`` at 224 px (stage strides 2,2,2,1,2,1).
@@ -75,7 +77,7 @@ def _build(options: WorkloadOptions, *, cifar: bool) -> Workload:
                 nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(last, classes),
             )
         s_blocks.append(SupernetBlock(cin, widths[i], cells=_STUDENT_CELLS[i], stride=strides[i],
-                                      prefix=prefix, suffix=suffix))
+                                      prefix=prefix, suffix=suffix, zero=options.nas_zero))
     return Workload(
         name="", teacher=t_blocks, student=s_blocks, input_shape=(3, res, res), num_classes=classes,
         default_dataset="cifar10" if cifar else "imagenet", options=options,

@@ -45,6 +45,7 @@ class WorkloadOptions:
     teacher_weights: str | None = None
     seed: int = 0
     student_bn: bool = True  # tiny only: a BN-free student for exact-equivalence checks
+    nas_zero: bool = True  # supernets: a Zero (skip) choice on every cell but the first of each stage
 
 
 @dataclass

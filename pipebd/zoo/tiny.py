@@ -2,7 +2,8 @@
 
 ``tiny`` has a compression-style student (depthwise-separable copy of each teacher block;
 ``student_bn=False`` strips its BatchNorm for exact-equivalence checks). ``tiny-nas`` has
-supernet student blocks, so NAS path sampling is exercised at test speed.
+supernet student blocks (with the Zero choice on every cell but a block's first unless
+``nas_zero=False``), so NAS path sampling is exercised at test speed.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def tiny_nas(options: WorkloadOptions) -> Workload:
     for i in range(4):
         cin = 3 if i == 0 else w[i - 1]
         suffix = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(w[3], classes)) if i == 3 else None
-        students.append(SupernetBlock(cin, w[i], cells=2 if i < 3 else 1, stride=strides[i], suffix=suffix))
+        students.append(SupernetBlock(cin, w[i], cells=2 if i < 3 else 1, stride=strides[i], suffix=suffix,
+                                       zero=options.nas_zero))
     return Workload(name="tiny-nas", teacher=list(full), student=students, input_shape=(3, res, res),
                     num_classes=classes, default_dataset="synthetic", options=options)
