@@ -165,6 +165,14 @@ def bench(cfg: RunConfig, strategies: tuple[str, ...] = BENCH_STRATEGIES, *, rep
     ideal_epoch = per_sample * samples if per_sample is not None and samples else None
     if per_sample is not None:
         fill_ideal(os.path.join(cfg.out, "runs.csv"), {ideal_key(cfg): per_sample})
+    from .costs import sampled_path_ratio
+
+    paths = sampled_path_ratio(cfg, range(cfg.warmup, cfg.warmup + cfg.steps))
+    if paths is not None:
+        per_block, total = paths
+        say(f"  NAS: the {cfg.steps} measured steps' sampled paths cost {total:.1%} of the average path in FLOPs "
+            f"(per block: {', '.join(f'{r:.0%}' for r in per_block)}); the profile timed the same steps"
+            + (" (given --profile: check it did)" if cfg.profile else ""))
     predicted, unpredicted = {}, {}
     if costs is not None and samples:
         predicted, unpredicted = predictions(costs, cfg, strategies, samples, {k: r.plan for k, r in rows.items()})

@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .zoo import WorkloadOptions, build_workload
 
-__all__ = ["BlockFacts", "block_facts", "estimate_block_costs"]
+__all__ = ["BlockFacts", "block_facts", "estimate_block_costs", "sampled_path_ratio"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,20 @@ def _flops(fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> tuple[float,
     return float(fc.get_total_flops()), out
 
 
+def _choice_flops(block: torch.nn.Module, x: torch.Tensor) -> tuple[float, list[list[float]]]:
+    """A supernet block's fixed FLOPs (prefix + suffix) and, per cell, the FLOPs of each choice."""
+    fixed, x = _flops(block.prefix, x)
+    cells = []
+    for cell in block.cells:
+        per_choice = []
+        for op in cell:
+            f, y = _flops(op, x)
+            per_choice.append(f)
+        cells.append(per_choice)
+        x = y  # every choice of a cell gives the same shape
+    return fixed + _flops(block.suffix, x)[0], cells
+
+
 def _student_flops(block: torch.nn.Module, x: torch.Tensor) -> float:
     """Forward FLOPs of a student block; a supernet's is the mean over its uniformly sampled paths.
 
@@ -53,15 +67,34 @@ def _student_flops(block: torch.nn.Module, x: torch.Tensor) -> float:
     """
     if not getattr(block, "is_supernet", False):
         return _flops(block, x)[0]
-    total, x = _flops(block.prefix, x)
-    for cell in block.cells:
-        per_choice = []
-        for op in cell:
-            f, y = _flops(op, x)
-            per_choice.append(f)
-        total += sum(per_choice) / len(per_choice)
-        x = y  # every choice of a cell gives the same shape
-    return total + _flops(block.suffix, x)[0]
+    fixed, cells = _choice_flops(block, x)
+    return fixed + sum(sum(c) / len(c) for c in cells)
+
+
+def sampled_path_ratio(cfg, steps: range) -> tuple[list[float], float] | None:
+    """Per supernet block of ``cfg``'s workload, the mean student FLOPs of the paths sampled at
+    ``steps`` over the expectation over all paths (1.0 = the window costs what the average path
+    costs), and the same for all blocks together; ``None`` for a workload without supernets.
+    Counted on the meta device."""
+    from .zoo import sample_path
+
+    out, got_all, expect_all = [], 0.0, 0.0
+    with torch.device("meta"):
+        wl = build_workload(cfg.workload, WorkloadOptions(resolution=cfg.resolution, width_mult=cfg.width_mult,
+                                                          num_classes=cfg.num_classes, nas_zero=cfg.nas_zero),
+                            probe=False)
+        if not wl.is_nas:
+            return None
+        x = torch.zeros((1, *wl.input_shape))
+        for i, (t, s) in enumerate(zip(wl.teacher, wl.student)):
+            fixed, cells = _choice_flops(s, x)
+            expect = fixed + sum(sum(c) / len(c) for c in cells)
+            paths = [sample_path(s, seed=cfg.seed, block_index=i, step=k) for k in steps]
+            got = sum(fixed + sum(c[p] for c, p in zip(cells, path)) for path in paths) / max(1, len(paths))
+            out.append(got / expect)
+            got_all, expect_all = got_all + got, expect_all + expect
+            x = _flops(t, x)[1]
+    return out, got_all / expect_all
 
 
 @functools.lru_cache(maxsize=32)
