@@ -12,8 +12,9 @@ time over ``S`` measured steps. A window that is not pipelined costs ``T / S`` p
 *pipelined* window (teacher relaying: steps overlap across ranks) starts with the pipeline's
 fill and ends with its drain, which an epoch pays once: its steady-state period ``p`` is taken
 from the steps after the first (per rank, the time between the first and the last measured
-step's completion over ``S - 1`` steps; the slowest rank's), its fill and drain is ``T - S·p``,
-and an epoch of ``E`` steps costs ``(T - S·p) + E·p``. A run's epoch time is the sum over its
+step's completion over ``S - 1`` steps; the slowest rank's, and at most ``T / S``: a fill is
+never negative), its fill and drain is ``T - S·p``, and an epoch of ``E`` steps costs
+``(T - S·p) + E·p``. A run's epoch time is the sum over its
 windows (``dp`` has one per block) — the same definition the cost model uses for predictions.
 
 Rows are appended atomically (a lock, then write-to-temp and rename), so concurrent writers
@@ -186,7 +187,9 @@ def summarise(reports: list[RankReport], *, batch_size: int, steps: int, epoch_s
         periods = [window_period(w[k][3], w[k][0], w[k][1], pipelined=w[k][2]) for w in per_rank]
         s = max(n for _p, n in periods) or steps
         p = max(p for p, n in periods if n) if any(n for _p, n in periods) else t / s
-        windows.append((t, p, s))
+        # a fill cannot be negative: when step costs vary (NAS paths) and the first step happens
+        # to be cheap, the period over the later steps exceeds T/S; then there is no fill to see
+        windows.append((t, min(p, t / s), s))
     measured = sum(t for t, _p, _s in windows)
     epoch, period, fill = epoch_time(windows, epoch_samples // batch_size)
     utils = [_utilisation(phase_seconds(rep), rep.wall_s) for rep in reports]

@@ -245,6 +245,16 @@ def test_pipelined_epoch_pays_the_fill_once():
     assert naive["epoch_time_s"] == pytest.approx(((S + 1) * p + lat) * E / S)
 
 
+def test_a_cheap_first_step_gives_no_negative_fill():
+    # varying step costs (NAS paths): the first step is short, so the later steps' period
+    # exceeds the window's mean; the fill is then 0, never negative
+    evs = [("student", 0, 0, 0.0, 0.5)] + [("student", 0, k, 0.5 + (k - 1), 0.5 + k) for k in range(1, 4)]
+    rep = RankReport(rank=0, wall_s=3.5, events=evs, peak_memory_mb=1.0,
+                     extra={"windows": [(0.0, 3.5)], "pipelined": [True]})
+    s = metrics.summarise([rep], batch_size=1, steps=4, epoch_samples=100)
+    assert s["fill_drain_s"] == pytest.approx(0.0) and s["steady_period_s"] == pytest.approx(3.5 / 4)
+
+
 def test_windows_add_up_per_block_and_take_the_slowest_rank():
     # dp-like: two windows (blocks) of 4 steps each; rank 1 is slower in the second
     def rep(rank, t2):
