@@ -89,7 +89,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 
 from .config import RunConfig
-from .metrics import atomic_write_text
+from .metrics import atomic_write_text, file_mode
 
 __all__ = [
     "ExperimentError", "WorkloadSpec", "PlotSpec", "ProfileSpec", "Experiment", "Unit", "UnitResult",
@@ -568,6 +568,7 @@ def _rewrite_csv(path: str, fn: Callable) -> None:
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".csv")
             with os.fdopen(fd, "w") as f:
                 table.to_csv(f, index=False)
+            os.chmod(tmp, file_mode())
             os.replace(tmp, path)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)

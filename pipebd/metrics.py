@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 __all__ = [
-    "atomic_write_text",
+    "atomic_write_text", "file_mode",
     "PHASES", "BUSY_PHASES", "RUN_COLUMNS", "RANK_COLUMNS", "EVENT_COLUMNS", "RankReport", "append_rows",
     "rank_rows", "event_rows", "write_trace", "summarise", "window_period", "epoch_time", "with_ideal",
     "load_results",
@@ -234,11 +234,21 @@ def write_trace(path: str, run_id: str, reports: list[RankReport]) -> None:
     atomic_write_text(path, json.dumps({"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"run_id": run_id}}))
 
 
+def file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give (mkstemp's files are 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a reader sees the old
+    file or the whole new one, never half of it."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, file_mode())
     os.replace(tmp, path)
 
 
@@ -267,6 +277,7 @@ def append_rows(path: str, rows: list[dict], columns: list[str]) -> None:
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".csv")
             with os.fdopen(fd, "w") as f:
                 table.to_csv(f, index=False)
+            os.chmod(tmp, file_mode())
             os.replace(tmp, path)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
