@@ -111,11 +111,12 @@ def format_speedups(cells: pd.DataFrame, *, reference: pd.DataFrame | None = Non
     for r in cells.itertuples():
         if r.strategy == "dp":
             continue
-        rng = (f"({r.speedup_lo:.2f}-{r.speedup_hi:.2f})" if not math.isnan(r.speedup_lo) else "")
+        rng = f"({r.speedup_lo:.2f}-{r.speedup_hi:.2f})" if r.runs > 1 and not math.isnan(r.speedup_lo) else ""
         here = f"{r.speedup:.2f}x {rng}{'!' if r.noisy else ' '}"
         refv = ref.get((r.workload, r.strategy))
         pap = (paper or {}).get(r.workload, {}).get(r.strategy)
-        lines.append(f"{(labels or {}).get(r.workload, r.workload):<26}{r.strategy:<9}{here:>22}{r.spread:>8.0%}"
+        spr = f"{r.spread:.0%}" if r.runs > 1 else "-"
+        lines.append(f"{(labels or {}).get(r.workload, r.workload):<26}{r.strategy:<9}{here:>22}{spr:>8}"
                      f"{r.runs:>5}{(f'{refv:.2f}x' if refv is not None else '-'):>10}"
                      f"{(f'{pap:.2f}x' if pap is not None else '-'):>7}  {r.plan}")
     lines.append(f"speedup = median dp epoch / median epoch; (range) = per-run ratios against the nearest dp run; "

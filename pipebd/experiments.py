@@ -1157,12 +1157,16 @@ def print_speedup_summary(exps: list[Experiment], profile: str, results_root: st
         runs = _read_csv(os.path.join(d, "runs.csv"))
         if not e.paper_reference or runs.empty or profile not in e.profiles:
             continue
+        ref_profile = profile
         ref_runs = _read_csv(os.path.join(ROOT, "results", "reference", profile, e.name, "runs.csv"))
+        if ref_runs.empty and profile != DEFAULT_PROFILE:  # e.g. quick: its panels are the cpu profile's
+            ref_profile = DEFAULT_PROFILE
+            ref_runs = _read_csv(os.path.join(ROOT, "results", "reference", ref_profile, e.name, "runs.csv"))
         ref = speedup_cells(ref_runs) if not ref_runs.empty else None
         paper = {_canon(k): v for k, v in e.paper_reference.items()}
         labels = {_canon(w.name): w.label for w in e.profile(profile).workloads if w.label}
-        say(f"\n{e.name} [{profile}]: speedup over dp here, beside results/reference/{profile}/{e.name} "
-            f"({'present' if ref is not None else 'none for this profile'}) and the paper (4 GPUs, batch 256)")
+        say(f"\n{e.name} [{profile}]: speedup over dp here, beside results/reference/{ref_profile}/{e.name} "
+            f"({'present' if ref is not None else 'none'}) and the paper (4 GPUs, batch 256)")
         say(format_speedups(speedup_cells(runs), reference=ref, paper=paper, labels=labels))
 
 
