@@ -105,7 +105,9 @@ def format_speedups(cells: pd.DataFrame, *, reference: pd.DataFrame | None = Non
     ref = {}
     if reference is not None and not reference.empty:
         ref = {(r.workload, r.strategy): r.speedup for r in reference.itertuples()}
-    head = (f"{'workload':<26}{'strategy':<9}{'speedup here':>22}{'spread':>8}{'runs':>5}"
+    names = [(labels or {}).get(w, w) for w in cells["workload"]] or ["workload"]
+    wide = max(len(n) for n in names + ["workload"]) + 2
+    head = (f"{'workload':<{wide}}{'strategy':<9}{'speedup here':>22}{'spread':>8}{'runs':>5}"
             f"{'reference':>10}{'paper':>7}  plan")
     lines = [head]
     for r in cells.itertuples():
@@ -116,7 +118,7 @@ def format_speedups(cells: pd.DataFrame, *, reference: pd.DataFrame | None = Non
         refv = ref.get((r.workload, r.strategy))
         pap = (paper or {}).get(r.workload, {}).get(r.strategy)
         spr = f"{r.spread:.0%}" if r.runs > 1 else "-"
-        lines.append(f"{(labels or {}).get(r.workload, r.workload):<26}{r.strategy:<9}{here:>22}{spr:>8}"
+        lines.append(f"{(labels or {}).get(r.workload, r.workload):<{wide}}{r.strategy:<9}{here:>22}{spr:>8}"
                      f"{r.runs:>5}{(f'{refv:.2f}x' if refv is not None else '-'):>10}"
                      f"{(f'{pap:.2f}x' if pap is not None else '-'):>7}  {r.plan}")
     lines.append(f"speedup = median dp epoch / median epoch; (range) = per-run ratios against the nearest dp run; "
