@@ -55,13 +55,20 @@ from it); the ideal epoch time (:func:`pipebd.simulate.predict_all`, DESIGN.md Â
 
 Resume. ``units.csv`` is the experiment's journal: a ``started`` row (with the run id, passed
 to the runner through ``PIPEBD_RUN_ID``) before each run and an ``ok``/``failed`` row after it.
-A restarted experiment skips units already finished, deletes the rows (runs, ranks, events,
-trace) of run ids that started but never finished, and runs the rest. ``experiment.json``
-records the measurement settings; if they changed since the partial run, the old directory is
-moved aside to ``NAME.stale-<time>`` and the experiment starts afresh. When everything is
-written, ``DONE`` is written atomically; a finished experiment is skipped unless ``--force``,
-which deletes its directory and reruns it (``--force`` also re-measures each cached profile
-once per invocation).
+A restarted experiment skips units that finished ``ok``, runs the failed ones again, deletes the
+rows (runs, ranks, events, trace) of run ids that started but never finished, and runs the rest.
+``experiment.json`` records the measurement settings; if they changed since the partial run, the
+old directory is moved aside to ``NAME.stale-<time>`` and the experiment starts afresh. ``DONE``
+is written atomically only when every run succeeded (otherwise the command exits 1 naming the
+failed runs); a finished experiment is skipped unless ``--force``, which deletes its directory
+and reruns it (``--force`` also re-measures each cached profile once per invocation).
+
+Noise. After a configuration's repeats, a cell (strategy) whose epoch times differ by more than
+25 % of their median is re-run, in rounds of ``dp`` and the noisy strategies (rotated), up to
+``--max-reruns`` rounds (:mod:`pipebd.derived`); cells still noisy are named in ``DONE``. Each
+run line shows the invocation's ETA; the end prints the speedup table with spreads beside
+``results/reference/<profile>/`` and the paper's numbers. Profiles: ``cpu`` (default) and
+``paper`` are in every shipped file; ``quick`` (a first look in a few minutes) only where defined.
 """
 
 from __future__ import annotations

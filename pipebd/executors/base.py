@@ -2,7 +2,7 @@
 
 A strategy decides what each rank does with the blocks; it never parses arguments and never
 writes files. The runner builds a :class:`RankContext` on every rank (the workload, the data
-source, the process group, a :class:`~pipebd.metrics.Recorder`) and calls ``run``; the
+source, the process group, a :class:`~pipebd.recorder.Recorder`) and calls ``run``; the
 strategy returns the :class:`~pipebd.distill.BlockTrainer` of every block whose final weights
 this rank holds (one replica per block reports them), and reports timing through the
 recorder. ``validate`` checks the strategy's own options before any process is spawned.
