@@ -324,16 +324,24 @@ class _Profiler:
             self._free()
         self._compute_lean(b)
 
+    def _warm_step(self) -> int:
+        """The step of the untimed warm-up trial: trial k (1..trials) times step ``start + k``."""
+        return self.opts.first_step - 1 if self.opts.first_step is not None else max(1, self.opts.warmup)
+
+    def _first_input(self, b: int) -> torch.Tensor | None:
+        """``b`` rows of a batch on the device, or None if even that ran out of memory."""
+        try:
+            return self.data.load(0, 0, b)[0].to(self.device)
+        except Exception as e:  # noqa: BLE001
+            if not _is_oom(e):
+                raise
+            return None
+
     def _compute_resident(self, b: int) -> bool:
         """Every block resident, the chain timed as a stage runs it; True if something ran out of memory."""
         oom = False
         dist.barrier()
-        x = None
-        try:
-            x = self.data.load(0, 0, b)[0].to(self.device)
-        except Exception as e:  # noqa: BLE001
-            if not _is_oom(e):
-                raise
+        x = self._first_input(b)
         x0, chain = x, {}  # chain: block -> trainer, for the blocks feasible at this batch
         for i in range(self.n):
             dist.barrier()  # every rank starts each configuration together (contention included)
@@ -368,14 +376,9 @@ class _Profiler:
         teacher times on the relayed activation, then the student's; infeasible only if it does not
         fit alone (later blocks then have no input at this size)."""
         dist.barrier()
-        x = None
-        try:
-            x = self.data.load(0, 0, b)[0].to(self.device)
-        except Exception as e:  # noqa: BLE001
-            if not _is_oom(e):
-                raise
+        x = self._first_input(b)
         note = "measured alone (other blocks offloaded)"
-        start = max(1, self.opts.warmup)
+        start = self._warm_step()
         for i in range(self.n):
             dist.barrier()
             if x is None:
@@ -402,7 +405,7 @@ class _Profiler:
                     trainer.accumulate(x, y)
                     trainer.apply()
 
-                s_times = [self._time(lambda k=k: step(start + k)) for k in range(self.opts.trials)]
+                s_times = [self._time(lambda k=k: step(start + k)) for k in range(1, self.opts.trials + 1)]
                 central = statistics.mean if getattr(self.students[i], "is_supernet", False) else statistics.median
                 self._row("student", block=i, batch=b, seconds=central(s_times), note=note)
                 self._row("memory", block=i, batch=b, bytes=mem, note=f"{method}; {note}")
@@ -437,8 +440,7 @@ class _Profiler:
         """
         t_times: dict[int, list[float]] = {i: [] for i in range(self.n)}
         s_times: dict[int, list[float]] = {i: [] for i in chain}
-        # trial k (1..trials) times step start + k; trial 0, untimed, warms the chain on step start
-        start = self.opts.first_step - 1 if self.opts.first_step is not None else max(1, self.opts.warmup)
+        start = self._warm_step()
         failed = x0 is None
         for trial in range(self.opts.trials + 1):  # the first pass only warms the chain
             dist.barrier()
