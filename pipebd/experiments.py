@@ -943,11 +943,12 @@ def _group_cells(d: str, w: WorkloadSpec, b: int, n: int, gcfg: RunConfig):
         return None
     res = float(input_resolution(gcfg))
     g = runs[(runs["workload"] == _canon(w.name)) & (runs["batch_size"] == b) & (runs["devices"] == n)
-             & (pd_num(runs["resolution"]) == res) & ((pd_num(runs["width_mult"]) - w.width_mult).abs() < 1e-9)]
+             & (_numeric(runs["resolution"]) == res) & ((_numeric(runs["width_mult"]) - w.width_mult).abs() < 1e-9)]
     return speedup_cells(g)
 
 
-def pd_num(col):
+def _numeric(col):
+    """A CSV column as numbers (blanks and text become NaN)."""
     import pandas as pd
 
     return pd.to_numeric(col, errors="coerce")
@@ -961,9 +962,8 @@ def _rerun_noisy(d, prof, exp, w, b, n, gcfg, csv_path, max_reruns: int, eta: Et
     steps = w.steps if w.steps is not None else prof.steps
     warmup = w.warmup if w.warmup is not None else prof.warmup
     done, _ = _journal(d)
-    reruns = sorted({int(k.split("|r")[1].split("|")[0]) for k in done if k.startswith(f"{w.key}|b{b}|n{n}|")
-                     and int(k.split("|r")[1].split("|")[0]) >= prof.repeats})
-    rounds = len(reruns)
+    group = f"{w.key}|b{b}|n{n}|"  # the Unit.key prefix of this group
+    rounds = len({int(r["repeat"]) for k, r in done.items() if k.startswith(group) and int(r["repeat"]) >= prof.repeats})
     while True:
         cells = _group_cells(d, w, b, n, gcfg)
         noisy = noisy_strategies(cells) if cells is not None and prof.strategies else []

@@ -290,3 +290,41 @@ def test_bench_prints_table_with_dp_and_speedup(tmp_path, capsys):
     assert any(ln.startswith("ideal") for ln in table.splitlines())
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert set(runs["tag"]) == {"bench"} and set(runs["strategy"]) == {"dp", "tr", "nosuch"}
+
+
+def test_noisy_cells_get_rerun_rounds_with_dp_until_max_reruns(tmp_path, monkeypatch):
+    """The runner's re-run loop (no processes: run_unit is replaced by one that appends a row):
+    tr's repeats differ by > 25 %, so rounds of dp + tr are run, at most --max-reruns of them."""
+    from pipebd import experiments as ex
+    from pipebd import metrics
+
+    exp = load_experiment(_write(tmp_path, GOOD.replace("strategies: [dp, nosuch]", "strategies: [dp, tr]")
+                                 .replace("repeats: 1", "repeats: 3")))
+    prof = exp.profile("cpu")
+    (w,) = prof.workloads
+    gcfg = ex._group_config(prof, w, 8, 2)
+    d = str(tmp_path / "r")
+    os.makedirs(d)
+    times = {"dp": [10.0, 10.2, 9.9, 10.1, 10.0], "tr": [5.0, 8.0, 5.1, 5.0, 5.2]}
+    clock = iter(range(100))
+
+    def fake_run_unit(cfg, *, run_id=None):
+        t = times[cfg.strategy].pop(0)
+        row = {c: None for c in metrics.RUN_COLUMNS}
+        row.update(run_id=run_id, status="ok", workload="tiny", strategy=cfg.strategy, devices=2, batch_size=8,
+                   resolution=float(ex.input_resolution(gcfg)), width_mult=1.0, epoch_time_s=t, plan="",
+                   timestamp=f"2026-01-01T00:00:{next(clock):02d}")
+        metrics.append_rows(os.path.join(d, "runs.csv"), [row], metrics.RUN_COLUMNS)
+        return ex.UnitResult(run_id, "ok", row, 0.1)
+
+    monkeypatch.setattr(ex, "run_unit", fake_run_unit)
+    eta, said = ex.Eta(6), []
+    ex._run_units(ex.plan_units(prof), d, prof, exp, None, eta, said.append)
+    noisy = ex._rerun_noisy(d, prof, exp, w, 8, 2, gcfg, None, 2, eta, said.append)
+    units = pd.read_csv(os.path.join(d, "units.csv"))
+    done = units[units.status == "ok"]
+    assert sorted(done[done.repeat >= 3][["repeat", "strategy"]].itertuples(index=False, name=None)) == [
+        (3, "dp"), (3, "tr"), (4, "dp"), (4, "tr")]  # two rounds of dp + tr, then the bound
+    assert len(noisy) == 1 and "tr" in noisy[0] and "spread" in noisy[0]
+    assert any("re-run round 1/2" in m for m in said) and any("(re-run)" in m for m in said)
+    assert eta.total == 10 and eta.done == 10
