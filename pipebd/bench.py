@@ -46,6 +46,7 @@ class BenchRow:
     errors: list[str] = field(default_factory=list)
     plan: str = ""
     steps: int = 0  # measured steps per block of its runs
+    rounds: list[int] = field(default_factory=list)  # the round of each entry of epoch_times
     loads: list[float] = field(default_factory=list)  # host load average at the start and end of its runs
 
     @property
@@ -137,6 +138,7 @@ def bench(cfg: RunConfig, strategies: tuple[str, ...] = BENCH_STRATEGIES, *, rep
             if res.status == "ok":
                 row = res.row
                 rows[s].epoch_times.append(float(row["epoch_time_s"]))
+                rows[s].rounds.append(r)
                 rows[s].plan = str(row.get("plan") or "")
                 rows[s].steps = int(row["steps_measured"])
                 rows[s].loads += [float(v) for v in (row.get("load_avg_start"), row.get("load_avg_end"))
@@ -180,6 +182,14 @@ def bench(cfg: RunConfig, strategies: tuple[str, ...] = BENCH_STRATEGIES, *, rep
                        reruns)
 
 
+def speedup_range(dp: BenchRow, row: BenchRow) -> tuple[float, float] | None:
+    """Min and max over rounds of ``dp epoch / epoch`` within the same round (the runs of one
+    round are neighbours in time, so they share the machine's drift); None without a common round."""
+    by_round = dict(zip(dp.rounds, dp.epoch_times))
+    ratios = [by_round[r] / t for r, t in zip(row.rounds, row.epoch_times) if r in by_round]
+    return (min(ratios), max(ratios)) if ratios else None
+
+
 def format_table(result: BenchResult) -> str:
     cfg = result.cfg
     dp = result.rows.get("dp")
@@ -189,28 +199,32 @@ def format_table(result: BenchResult) -> str:
             f"{cfg.warmup} warm-up steps/block, {result.repeats} round(s)"
             + (f" + {result.reruns} re-run round(s)" if result.reruns else "") + f", medians ({result.seconds:.0f} s)")
     lines = [head,
-             f"{'strategy':<10}{'epoch s':>10}{'speedup':>9}{'eff.':>6}{'eff. range':>12}{'min s':>10}{'max s':>10}"
+             f"{'strategy':<10}{'epoch s':>10}{'speedup':>9}{'range':>12}{'eff.':>6}{'eff. range':>12}{'min s':>10}"
+             f"{'max s':>10}"
              f"{'spread':>8}{'runs':>5}{'steps':>6}{'load':>10}  plan"]
     for s, r in result.rows.items():
         med = r.median
         if med is None:
             why = r.errors[0][:90] if r.errors else "no run"
-            lines.append(f"{s:<10}{'failed':>10}{'-':>9}{'-':>6}{'-':>12}{'-':>10}{'-':>10}{'-':>8}{0:>5}{'-':>6}"
+            lines.append(f"{s:<10}{'failed':>10}{'-':>9}{'-':>12}{'-':>6}{'-':>12}{'-':>10}{'-':>10}{'-':>8}{0:>5}{'-':>6}"
                          f"{'-':>10}  {why}")
             continue
         sp = f"{dp_med / med:.2f}x" if dp_med else "n/a"
+        rr = speedup_range(dp, r) if dp is not None and len(r.epoch_times) > 1 else None
+        sp_rng = f"{rr[0]:.2f}-{rr[1]:.2f}" if rr else "-"
         eff = f"{ideal / med:.2f}" if ideal else "n/a"
         rng = f"{ideal / max(r.epoch_times):.2f}-{ideal / min(r.epoch_times):.2f}" if ideal else "n/a"
         load = f"{min(r.loads):.1f}-{max(r.loads):.1f}" if r.loads else "-"
-        lines.append(f"{s:<10}{med:>10.1f}{sp:>9}{eff:>6}{rng:>12}{min(r.epoch_times):>10.1f}{max(r.epoch_times):>10.1f}"
+        lines.append(f"{s:<10}{med:>10.1f}{sp:>9}{sp_rng:>12}{eff:>6}{rng:>12}{min(r.epoch_times):>10.1f}{max(r.epoch_times):>10.1f}"
                      f"{r.spread:>7.0%}{'!' if r.noisy else ' '}{len(r.epoch_times):>5}{r.steps:>6}{load:>10}  {r.plan}")
     if ideal:
         sp = f"{dp_med / ideal:.2f}x" if dp_med else "n/a"
-        lines.append(f"{'ideal':<10}{ideal:>10.1f}{sp:>9}{1.0:>6.2f}  cost model: each block once, fastest batch, "
+        lines.append(f"{'ideal':<10}{ideal:>10.1f}{sp:>9}{'':>12}{1.0:>6.2f}  cost model: each block once, fastest batch, "
                      "no comm/idle")
     else:
         lines.append(f"{'ideal':<10}{'n/a':>10}  {result.ideal_note}")
-    lines.append(f"speedup = median dp epoch / median epoch; eff. = ideal / median epoch (range: over rounds); "
+    lines.append(f"speedup = median dp epoch / median epoch (range: dp / strategy within each round); "
+                 f"eff. = ideal / median epoch (range: over rounds); "
                  f"spread = (max-min)/median, ! = over 25 %; steps = measured steps per block; load = host load "
                  f"average around the runs ({cfg.devices} ranks: more means other work shared the cores); "
                  f"rows in {cfg.out}/runs.csv")

@@ -328,3 +328,12 @@ def test_noisy_cells_get_rerun_rounds_with_dp_until_max_reruns(tmp_path, monkeyp
     assert len(noisy) == 1 and "tr" in noisy[0] and "spread" in noisy[0]
     assert any("re-run round 1/2" in m for m in said) and any("(re-run)" in m for m in said)
     assert eta.total == 10 and eta.done == 10
+
+
+def test_bench_speedup_range_pairs_runs_of_the_same_round():
+    from pipebd.bench import BenchRow, speedup_range
+
+    dp = BenchRow("dp", epoch_times=[10.0, 12.0, 11.0], rounds=[0, 1, 2])
+    tr = BenchRow("tr", epoch_times=[5.0, 8.0, 5.0], rounds=[0, 1, 3])  # round 3: a re-run without dp
+    assert speedup_range(dp, tr) == (1.5, 2.0)
+    assert speedup_range(dp, BenchRow("x", epoch_times=[1.0], rounds=[7])) is None
