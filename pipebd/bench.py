@@ -11,9 +11,9 @@ alike, and reports per strategy the median epoch time, the speedup over dp (rati
 the efficiency (ideal / median epoch time, with its range over rounds) and the spread
 (min / max, and (max - min) / median) over rounds. A strategy whose rounds differ by more than
 25 % is flagged and re-run, interleaved with ``dp``, up to ``--max-reruns`` more rounds
-(:mod:`pipebd.derived`). Every row states its measured steps per block (default 16, so a NAS
-window's sampled paths cost what the average path costs) and the host's load average around
-its runs. A strategy that is not registered or whose run fails is reported as such and the
+(:mod:`pipebd.derived`). Every row states its measured steps per block (default 16; the profile
+times the same step indices, so a NAS window is priced on exactly the paths it trains) and the
+host's load average around its runs. A strategy that is not registered or whose run fails is reported as such and the
 others go on; so is a prediction the cost model cannot make. Every run appends to ``--out``
 (default ``results/bench``) with ``tag=bench``.
 """
@@ -34,8 +34,8 @@ __all__ = ["BENCH_STRATEGIES", "BenchRow", "bench", "format_table", "add_cli"]
 
 BENCH_STRATEGIES = ("dp", "ls", "tr", "tr-dpu", "ahd")
 DEFAULT_WARMUP = 2
-#: Measured steps per block by default: enough that a NAS window's sampled paths cost what the
-#: average path costs, and that a pipeline's fill is a small part of the window.
+#: Measured steps per block by default: a NAS window's sampled paths then cost within a few
+#: per cent of the average path, and a pipeline's fill is a small part of the window.
 DEFAULT_STEPS = 16
 
 
@@ -61,9 +61,9 @@ class BenchRow:
 
     @property
     def noisy(self) -> bool:
-        from .derived import NOISE_THRESHOLD
+        from .derived import is_noisy
 
-        return len(self.epoch_times) > 1 and self.spread > NOISE_THRESHOLD
+        return is_noisy(len(self.epoch_times), self.spread)
 
 
 @dataclass
@@ -122,8 +122,8 @@ def bench(cfg: RunConfig, strategies: tuple[str, ...] = BENCH_STRATEGIES, *, rep
     if ideal != "none" or cfg.profile:
         mode = "profile" if cfg.profile else ideal
         # one trial per measured step, on the same step indices: a supernet's profile then prices
-        # exactly the paths the runs train (16 sampled paths' mean is within ~2 % of the
-        # expectation in total, but a block's can be 10 % off: matched steps remove that)
+        # exactly the paths the runs train (16 sampled paths' mean can be 3 % off the average path
+        # in total and 10 % for one block: matched steps remove that)
         pcfg = cfg.replace(strategy="sequential", steps=cfg.steps, warmup=1)
         path = cfg.profile or os.path.join(cfg.out, "profiles", profile_name(cfg))
         costs, csv = group_costs(pcfg, mode, path=path, force=not cfg.profile, say=say, first_step=cfg.warmup)
@@ -152,14 +152,14 @@ def bench(cfg: RunConfig, strategies: tuple[str, ...] = BENCH_STRATEGIES, *, rep
 
     for r in range(repeats):
         run_round(r, strategies, f"round {r + 1}/{repeats}")
+    from .derived import noisy_strategies
+
     reruns = 0
     while reruns < max_reruns and "dp" in rows:
-        noisy = [s for s, row in rows.items() if row.noisy]
-        if not noisy:
+        again = noisy_strategies((s, len(r.epoch_times), r.spread) for s, r in rows.items())
+        if not again:
             break
-        again = ["dp"] + [s for s in strategies if s in noisy and s != "dp"]
-        if rows["dp"].noisy:
-            again = list(strategies)
+        noisy = [s for s, r in rows.items() if r.noisy]
         say(f"  noisy: {', '.join(noisy)} (rounds differ by more than 25 %): re-run {reruns + 1}/{max_reruns} of "
             f"{', '.join(again)}")
         run_round(repeats + reruns, again, f"re-run {reruns + 1}/{max_reruns}")

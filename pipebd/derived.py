@@ -23,7 +23,8 @@ from typing import Iterable
 
 import pandas as pd
 
-__all__ = ["NOISE_THRESHOLD", "CONFIG_KEYS", "spread", "speedup_cells", "noisy_strategies", "format_speedups"]
+__all__ = ["NOISE_THRESHOLD", "CONFIG_KEYS", "spread", "is_noisy", "speedup_cells", "noisy_strategies",
+           "format_speedups"]
 
 #: A cell whose repeats differ by more than this fraction of their median is flagged and re-run.
 NOISE_THRESHOLD = 0.25
@@ -70,7 +71,7 @@ def speedup_cells(runs: pd.DataFrame, *, threshold: float = NOISE_THRESHOLD) -> 
         cfg = dict(zip(keys, cfg if isinstance(cfg, tuple) else (cfg,)))
         dp = g[g["strategy"] == "dp"].sort_values("timestamp")
         dp_med = float(dp["epoch_time_s"].median()) if len(dp) else math.nan
-        dp_noisy = len(dp) > 1 and spread(dp["epoch_time_s"]) > threshold
+        dp_noisy = is_noisy(len(dp), spread(dp["epoch_time_s"]), threshold)
         for s, gs in g.groupby("strategy", sort=False):
             med = float(gs["epoch_time_s"].median())
             sp = spread(gs["epoch_time_s"])
@@ -80,22 +81,26 @@ def speedup_cells(runs: pd.DataFrame, *, threshold: float = NOISE_THRESHOLD) -> 
                          "spread": sp, "speedup": dp_med / med if len(dp) else math.nan,
                          "speedup_lo": min(ratios) if ratios else math.nan,
                          "speedup_hi": max(ratios) if ratios else math.nan,
-                         "noisy": bool((len(gs) > 1 and sp > threshold) or dp_noisy),
+                         "noisy": is_noisy(len(gs), sp, threshold) or dp_noisy,
                          "plan": str(gs["plan"].iloc[-1]) if "plan" in gs else "",
                          "run_ids": ",".join(map(str, gs["run_id"]))})
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
 
 
-def noisy_strategies(cells: pd.DataFrame) -> list[str]:
-    """The strategies of ``cells`` whose own repeats disagree beyond the threshold, plus ``dp`` (their
-    baseline, which a re-run round always measures again beside them) when any is."""
-    own = [s for s, sp, n in zip(cells["strategy"], cells["spread"], cells["runs"])
-           if n > 1 and s != "dp" and bool(sp > NOISE_THRESHOLD)]
-    dp_noisy = any(s == "dp" and n > 1 and sp > NOISE_THRESHOLD
-                   for s, sp, n in zip(cells["strategy"], cells["spread"], cells["runs"]))
-    if dp_noisy:  # the baseline itself: every speedup of the configuration is suspect
-        own = [s for s in cells["strategy"] if s != "dp"]
-    return ["dp"] + own if own else []
+def is_noisy(runs: int, spread_: float, threshold: float = NOISE_THRESHOLD) -> bool:
+    """Whether ``runs`` repeats whose epoch times have this :func:`spread` are too noisy to trust."""
+    return runs > 1 and bool(spread_ > threshold)
+
+
+def noisy_strategies(cells: Iterable[tuple[str, int, float]]) -> list[str]:
+    """What a re-run round measures, from ``(strategy, runs, spread)`` per cell of one configuration:
+    ``dp`` (the baseline, always measured again beside them) and every noisy strategy; every
+    strategy when ``dp`` itself is noisy (then every speedup is suspect); nothing when none is."""
+    cells = list(cells)
+    noisy = [s for s, n, sp in cells if is_noisy(n, sp)]
+    if "dp" in noisy:
+        return ["dp"] + [s for s, _n, _sp in cells if s != "dp"]
+    return ["dp"] + noisy if noisy else []
 
 
 def format_speedups(cells: pd.DataFrame, *, reference: pd.DataFrame | None = None,

@@ -878,6 +878,11 @@ def _purge(d: str, run_ids: set[str], say) -> None:
     say(f"  resumed: removed the rows of {len(run_ids)} interrupted run(s) ({', '.join(sorted(run_ids))})")
 
 
+def _not_ok(units: list[Unit], done: dict[str, dict]) -> list[Unit]:
+    """The ``units`` whose last journal row (``done``, from :func:`_journal`) is not ``ok``."""
+    return [u for u in units if done.get(u.key, {}).get("status") != "ok"]
+
+
 def _journal_row(d: str, unit: Unit, run_id: str, status: str, wall_s: float | None = None, error: str = "") -> None:
     from .metrics import append_rows
 
@@ -966,7 +971,8 @@ def _rerun_noisy(d, prof, exp, w, b, n, gcfg, csv_path, max_reruns: int, eta: Et
     rounds = len({int(r["repeat"]) for k, r in done.items() if k.startswith(group) and int(r["repeat"]) >= prof.repeats})
     while True:
         cells = _group_cells(d, w, b, n, gcfg)
-        noisy = noisy_strategies(cells) if cells is not None and prof.strategies else []
+        noisy = (noisy_strategies(cells[["strategy", "runs", "spread"]].itertuples(index=False, name=None))
+                 if cells is not None and prof.strategies else [])
         noisy = [s for s in noisy if s in prof.strategies]
         if not noisy or "dp" not in prof.strategies:
             return []
@@ -1007,7 +1013,7 @@ def run_experiment(exp: Experiment, profile: str = DEFAULT_PROFILE, *, results_r
     done, interrupted = _journal(d)
     _purge(d, interrupted, say)
     units = plan_units(prof)
-    todo = [u for u in units if done.get(u.key, {}).get("status") != "ok"]
+    todo = _not_ok(units, done)
     if eta is None:
         eta = Eta(len(todo))
     retried = sum(1 for u in todo if u.key in done)
@@ -1127,10 +1133,9 @@ def _state(results_root: str, profile: str, exp: Experiment) -> str:
     """``done`` / ``N of M runs ok, K failed`` / ``to run``: what ``results_root`` already holds."""
     if is_done(results_root, profile, exp.name):
         return "done"
-    d = experiment_dir(results_root, profile, exp.name)
-    done, _ = _journal(d) if os.path.isdir(d) else ({}, set())
+    done, _ = _journal(experiment_dir(results_root, profile, exp.name))
     units = plan_units(exp.profile(profile))
-    ok = sum(1 for u in units if done.get(u.key, {}).get("status") == "ok")
+    ok = len(units) - len(_not_ok(units, done))
     bad = sum(1 for u in units if done.get(u.key, {}).get("status") == "failed")
     if not ok and not bad:
         return "to run"
@@ -1202,9 +1207,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     todo = 0
     for e in chosen:
         if args.force or not is_done(args.results, args.profile, e.name):
-            d = experiment_dir(args.results, args.profile, e.name)
-            done, _ = _journal(d) if os.path.isdir(d) and not args.force else ({}, set())
-            todo += sum(1 for u in plan_units(e.profile(args.profile)) if done.get(u.key, {}).get("status") != "ok")
+            done = {} if args.force else _journal(experiment_dir(args.results, args.profile, e.name))[0]
+            todo += len(_not_ok(plan_units(e.profile(args.profile)), done))
     eta = Eta(todo)
     failed: list[str] = []
     t0 = time.perf_counter()

@@ -257,7 +257,10 @@ def test_noisy_cells_are_flagged_and_rerun_with_dp():
     assert cells.loc["tr", "spread"] == pytest.approx(3.0 / 6.5)
     assert cells.loc["tr", "speedup"] == pytest.approx(10.0 / 6.5)
     assert cells.loc["tr", "speedup_lo"] == pytest.approx(10.5 / 8.0) and cells.loc["tr", "speedup_hi"] == 2.0
-    assert noisy_strategies(cells.reset_index()) == ["dp", "tr"]
+    triples = cells.reset_index()[["strategy", "runs", "spread"]].itertuples(index=False, name=None)
+    assert noisy_strategies(triples) == ["dp", "tr"]
+    assert noisy_strategies([("dp", 3, 0.4), ("tr", 3, 0.0), ("ahd", 1, 0.0)]) == ["dp", "tr", "ahd"]
+    assert noisy_strategies([("dp", 3, 0.1), ("tr", 1, 0.9)]) == []  # one run has no spread
     table = format_speedups(cells.reset_index(), paper={"tiny": {"ahd": 7.4}})
     assert "!" in next(ln for ln in table.splitlines() if " tr " in ln)
     assert "7.40x" in next(ln for ln in table.splitlines() if " ahd " in ln)
