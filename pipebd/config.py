@@ -75,6 +75,9 @@ class RunConfig:
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0
     resume: bool = False
+    # DESIGN.md §4's ideal, seconds per trained sample (the cost model's); the run record carries
+    # ideal_epoch_time_s = this x epoch samples, and the efficiency (None: not known)
+    ideal_seconds_per_sample: float | None = None
     extra: dict = field(default_factory=dict)
 
     @property

@@ -86,11 +86,14 @@ def new_run_id() -> str:
     return _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
-def launch(cfg: RunConfig) -> RunOutcome:
-    """Validate ``cfg`` and run it on ``cfg.devices`` ranks (spawned here, or under torchrun)."""
+def launch(cfg: RunConfig, *, run_id: str | None = None) -> RunOutcome:
+    """Validate ``cfg`` and run it on ``cfg.devices`` ranks (spawned here, or under torchrun).
+
+    ``run_id`` names the run in every CSV (default: a new timestamped id; under torchrun only
+    rank 0's is recorded)."""
     cfg = cfg.replace(workload=canonical_name(cfg.workload)) if _known(cfg.workload) else cfg
     validate(cfg)
-    run_id = os.environ.get("PIPEBD_RUN_ID") or new_run_id()
+    run_id = run_id or new_run_id()
     if under_torchrun():
         world = int(os.environ["WORLD_SIZE"])
         if world != cfg.devices:
@@ -452,6 +455,8 @@ def _write_results(cfg: RunConfig, run_id: str, workload, data: DataSource, gath
         "git_commit": git_commit(), "torch_version": torch.__version__, "hostname": socket.gethostname(),
         "load_avg_start": load_start, "load_avg_end": _load_average(),
     }
+    if cfg.ideal_seconds_per_sample is not None:
+        row = metrics.with_ideal(row, cfg.ideal_seconds_per_sample * data.epoch_samples)
     out = cfg.out
     metrics.append_rows(os.path.join(out, "ranks.csv"), metrics.rank_rows(run_id, row, reports), metrics.RANK_COLUMNS)
     if cfg.trace:
