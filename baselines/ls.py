@@ -10,32 +10,32 @@ redundancy (the prefix T0..Ti is recomputed by every device, for every block it 
 Blocks are assigned to ranks either explicitly (``--ls-map "0:1:2,3:4,5"``: ranks separated
 by commas, the blocks of one rank by colons, trained in the order given) or by the
 longest-processing-time-first rule of Graham ("Bounds on Multiprocessing Timing
-Anomalies", 1969, :func:`pipebd.simulate.lpt_assign`) on each block's cost as ls pays it —
-data loading + the teacher prefix T0..Ti + the student — taken from the run's cost table
-(``--profile``, else FLOP estimates; :func:`pipebd.planner.cost_table_for`), the same rule the
-simulator predicts ls with: blocks in decreasing cost, each to the least-loaded rank.
+Anomalies", 1969, :func:`lpt_assign`) on each block's cost as ls pays it — data loading + the
+teacher prefix T0..Ti + the student — taken from the run's cost table (``--profile``, else FLOP
+estimates; :func:`pipebd.planner.cost_table_for`): blocks in decreasing cost, each to the
+least-loaded rank.
 
 Every rank must own at least one block: an idle device would only dilute the per-rank
 figures, so ``--devices`` above the number of blocks, or an empty rank in ``--ls-map``, is
 a configuration error.
 
-Measurement: each rank first trains the warm-up steps of all its blocks (unmeasured), then
-meets the others at a barrier, opens its window, trains the measured steps of all its
-blocks, and waits at a closing barrier (recorded as ``sync``) inside the window. The run's
+The schedule: each rank first trains the warm-up steps of all its blocks (unmeasured; per
+step LOAD the whole batch, TEACHER T0..Ti, STUDENT i, UPDATE i), then meets the others at a
+barrier, opens its window, trains the measured steps of all its blocks, and waits at a
+closing barrier (recorded as ``sync``) inside the window. The run's
 measured time, the slowest rank's window, is then the makespan of the measured part, and
 the lightly loaded ranks show their imbalance as ``sync`` time.
 """
 
 from __future__ import annotations
 
-from pipebd.config import ConfigError, RunConfig
-from pipebd.distill import BlockTrainer, teacher_forward
-from pipebd.planner import cost_table_for
-from pipebd.simulate import format_ls_map, lpt_assign
-from pipebd.simulate import ls_assignment as ls_assignment_for_costs
-from pipebd.executors import Strategy, register_strategy
+from typing import Sequence
 
-__all__ = ["LayerWise", "lpt_assign", "parse_ls_map", "format_ls_map", "ls_assignment"]
+from pipebd.config import ConfigError, RunConfig
+from pipebd.schedule import Schedule, ScheduleBuilder, ScheduleSpec
+from pipebd.strategies import Strategy, register_strategy
+
+__all__ = ["LayerWise", "lpt_assign", "parse_ls_map", "format_ls_map", "ls_assignment", "ls_schedule"]
 
 _MAP_SYNTAX = ('blocks of each rank separated by ":" and ranks separated by ",", e.g. --ls-map "0:1:2,3" '
                "for blocks 0-2 on rank 0 and block 3 on rank 1")
@@ -82,15 +82,79 @@ def parse_ls_map(text: str, num_blocks: int, devices: int) -> list[list[int]]:
     return assignment
 
 
+def lpt_assign(costs: Sequence[float], n: int) -> list[list[int]]:
+    """Graham's longest-processing-time-first assignment of jobs (by ``costs``) to ``n`` bins.
+
+    Jobs are taken in decreasing cost (ties: lower index first) and each goes to the bin with
+    the smallest load so far (ties: lower bin). Returns, per bin, its jobs in increasing order;
+    a bin gets an empty list when ``n`` exceeds the number of jobs.
+    """
+    if n < 1:
+        raise ValueError(f"need at least 1 rank, got {n}")
+    loads = [0.0] * n
+    bins: list[list[int]] = [[] for _ in range(n)]
+    for b in sorted(range(len(costs)), key=lambda b: (-costs[b], b)):
+        r = min(range(n), key=lambda r: (loads[r], r))
+        bins[r].append(b)
+        loads[r] += costs[b]
+    return [sorted(blocks) for blocks in bins]
+
+
+def format_ls_map(assignment: Sequence[Sequence[int]]) -> str:
+    """The ``--ls-map`` string of an assignment: ``0:1:2,3:4,5``."""
+    return ",".join(":".join(map(str, a)) for a in assignment)
+
+
+def ls_block_cost(costs, block: int, batch_size: int) -> float:
+    """One ls step of ``block`` alone: load the batch, run the teacher from the image, train it."""
+    return (costs.data_time(batch_size) + sum(costs.teacher_time(i, batch_size) for i in range(block + 1))
+            + costs.student_time(block, batch_size))
+
+
+def lpt_layout(costs, devices: int, batch_size: int) -> list[list[int]]:
+    """LPT on the blocks' ls costs over ``min(devices, blocks)`` ranks."""
+    n = costs.num_blocks
+    return lpt_assign([ls_block_cost(costs, i, batch_size) for i in range(n)], min(devices, n))
+
+
 def ls_assignment(cfg: RunConfig, num_blocks: int) -> list[list[int]]:
     """The blocks of each rank: ``cfg.ls_map`` when given, else LPT on the estimated block costs."""
     if cfg.ls_map is not None:
         return parse_ls_map(cfg.ls_map, num_blocks, cfg.devices)
     if cfg.devices > num_blocks:
-        raise ConfigError(f"strategy 'ls' gives every device whole blocks, but --devices {cfg.devices} exceeds the "
-                          f"{num_blocks} blocks of {cfg.workload!r}, so some rank would have nothing to train; "
-                          f"use --devices {num_blocks} or fewer")
-    return ls_assignment_for_costs(cost_table_for(cfg), cfg.devices, cfg.batch_size)
+        raise ConfigError(f"strategy {cfg.strategy!r} gives every device whole blocks, but --devices {cfg.devices} "
+                          f"exceeds the {num_blocks} blocks of {cfg.workload!r}, so some rank would have nothing to "
+                          f"train; use --devices {num_blocks} or fewer")
+    from pipebd.planner import cost_table_for
+
+    return lpt_layout(cost_table_for(cfg), cfg.devices, cfg.batch_size)
+
+
+def ls_schedule(spec: ScheduleSpec, assignment: Sequence[Sequence[int]], *, strategy: str) -> Schedule:
+    """Each rank trains its blocks at the full batch, warm-up of all of them first; then a
+    barrier, the window, the measured steps, and a closing barrier inside the window."""
+    B = spec.batch_size
+    b = ScheduleBuilder(strategy, spec, layout=format_ls_map(assignment))
+    if len(assignment) != spec.devices or any(not a for a in assignment):
+        raise ConfigError(f"strategy {strategy!r}: the assignment {format_ls_map(assignment)!r} must give each of the "
+                          f"{spec.devices} ranks at least one block")
+
+    def train(rank: int, steps) -> None:
+        for i in assignment[rank]:
+            for step in steps:
+                b.load(rank, step, (0, B))
+                b.teacher(rank, step, range(i + 1), (0, B))
+                b.student(rank, step, i, (0, B))
+                b.update(rank, step, i)
+
+    for r in spec.world:
+        train(r, range(spec.warmup))
+        b.barrier(r)
+        b.open(r)
+        train(r, range(spec.warmup, spec.steps))
+        b.barrier(r)
+        b.close(r)
+    return b.build()
 
 
 @register_strategy("ls")
@@ -98,48 +162,20 @@ class LayerWise(Strategy):
     description = "layer-wise: each device trains whole blocks at full batch (balanced by cost), no communication"
 
     @classmethod
-    def validate(cls, cfg: RunConfig, num_blocks: int) -> None:
-        super().validate(cfg, num_blocks)
-        ls_assignment(cfg, num_blocks)
+    def layout(cls, cfg: RunConfig, num_blocks: int) -> list[list[int]]:
+        return ls_assignment(cfg, num_blocks)
 
     @classmethod
-    def describe_plan(cls, cfg: RunConfig, num_blocks: int) -> str:
-        return format_ls_map(ls_assignment(cfg, num_blocks))
+    def choose_layout(cls, costs, spec: ScheduleSpec, *, memory_limit_bytes: float | None = None):
+        if spec.devices > costs.num_blocks:
+            raise ConfigError(f"ls gives every device whole blocks; {spec.devices} devices exceed the "
+                              f"{costs.num_blocks} blocks")
+        return lpt_layout(costs, spec.devices, spec.batch_size)
 
-    def run(self) -> dict[int, BlockTrainer]:
-        ctx, cfg = self.ctx, self.ctx.config
-        rec = ctx.recorder
-        mine = ls_assignment(cfg, ctx.workload.num_blocks)[ctx.rank]
-        teachers = ctx.teacher(range(max(mine) + 1))
-        trainers = {i: ctx.trainer(i) for i in mine}
-        self.batches = ctx.data.loader(ctx.device, end=cfg.total_steps)  # on CUDA the next batch is copied ahead
-        todo = sum(cfg.total_steps - t.step_count for t in trainers.values())
-        ctx.progress.start(todo, f"ls rank {ctx.rank} blocks {':'.join(map(str, mine))}")
-        for i in mine:  # warm-up of every owned block, outside the window
-            self._train(i, trainers[i], teachers, range(trainers[i].step_count, cfg.warmup))
-        ctx.barrier()
-        rec.start_window()
-        for i in mine:
-            t = trainers[i]
-            self._train(i, t, teachers, range(max(t.step_count, cfg.warmup), cfg.total_steps))
-        with rec.span("sync"):
-            ctx.barrier()  # inside the window: the makespan includes waiting for the slowest rank
-        rec.stop_window()
-        self.batches.close()
-        return trainers
+    @classmethod
+    def format_layout(cls, layout) -> str:
+        return format_ls_map(layout)
 
-    def _train(self, i: int, t: BlockTrainer, teachers: list, steps: range) -> None:
-        ctx, rec = self.ctx, self.ctx.recorder
-        for step in steps:
-            with rec.span("data", i, step):
-                x, _ = self.batches.get(step)
-            with rec.span("teacher", i, step):
-                y = teacher_forward(teachers[:i], x)  # the input of block i
-                target = teacher_forward(teachers[i:i + 1], y)
-            with rec.span("student", i, step):
-                t.begin(step)
-                t.accumulate(y, target)
-            with rec.span("update", i, step):
-                t.apply()
-            ctx.after_step(step, {i: t})
-            ctx.progress.advance(1)
+    @classmethod
+    def generate(cls, spec: ScheduleSpec, layout) -> Schedule:
+        return ls_schedule(spec, layout, strategy=cls.name)

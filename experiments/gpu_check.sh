@@ -146,7 +146,7 @@ if [ -z "$DRY" ] && [ "$NGPU" -lt 1 ]; then say "no CUDA device visible; nothing
 
 # ---- sizes ---------------------------------------------------------------------------------------
 WORKLOADS=${GPU_CHECK_WORKLOADS:-nas-cifar10 nas-imagenet compress-vgg16-cifar10 compress-vgg16-imagenet}
-STRATEGIES=${GPU_CHECK_STRATEGIES:-$(timeout 60 "$PY" -c "from pipebd.executors import strategy_names; print(' '.join(strategy_names()))")}
+STRATEGIES=${GPU_CHECK_STRATEGIES:-$(timeout 60 "$PY" -c "from pipebd.strategies import strategy_names; print(' '.join(strategy_names()))")}
 if [ -z "$STRATEGIES" ]; then
   say "could not list the registered strategies with $PY (does 'import pipebd' work?); set GPU_CHECK_STRATEGIES"; exit 2
 fi

@@ -60,7 +60,7 @@ def measure_pieces() -> dict[str, float]:
             self.count += 1
 
     from pipebd.config import RunConfig
-    from pipebd.executors.base import RankContext
+    from pipebd.runtime import RankContext
 
     ctx = RankContext(rank=0, world_size=2, device=torch.device("cpu"), config=RunConfig(), workload=None,
                       data=None, recorder=rec, progress=prog, heartbeat=_Beat())

@@ -4,7 +4,7 @@ The headline number of Pipe-BD (Jang et al., DATE 2023) is a ratio: epoch time o
 data-parallel baseline over that of each Pipe-BD technique. Ratios are only meaningful when
 measured together, so this command first profiles the workload on the same ranks
 (:func:`pipebd.profiler.profile`; its CSV is then passed to every run, so ``ahd`` plans from
-it) and derives the ideal (DESIGN.md §4) from it with :mod:`pipebd.simulate`, then runs
+it) and derives the ideal (DESIGN.md §4) from it with :mod:`pipebd.costmodel`, then runs
 ``dp, ls, tr, tr-dpu, ahd`` in ``--repeats`` rounds, each round in a rotated order (round
 ``r`` starts at strategy ``r mod k``) so that drifting background load hits every strategy
 alike, and reports per strategy the median epoch time, the speedup over dp (ratio of medians),
@@ -27,12 +27,31 @@ import time
 from dataclasses import dataclass, field
 
 from .config import ConfigError, RunConfig
-from .experiments import (MIN_NAS_WARMUP, fill_ideal, group_costs, ideal_key, ideal_seconds_per_sample, profile_name,
-                          rotated, run_unit, workload_facts)
+from .experiments import (MIN_NAS_WARMUP, group_costs, ideal_seconds_per_sample, profile_name, rotated, run_unit,
+                          workload_facts)
 
 __all__ = ["BENCH_STRATEGIES", "BenchRow", "bench", "format_table", "add_cli"]
 
+#: The default order (the baselines first); every other registered strategy follows, by name.
 BENCH_STRATEGIES = ("dp", "ls", "tr", "tr-dpu", "ahd")
+
+
+def default_strategies(cfg: RunConfig, say=print) -> tuple[str, ...]:
+    """Every registered strategy that can run ``cfg``'s shape (a new baseline included), the
+    paper's first; those that refuse it are named with their reason."""
+    from .preflight import validate
+    from .strategies import strategy_names
+
+    names = [s for s in BENCH_STRATEGIES if s in strategy_names()] + \
+        [s for s in strategy_names() if s not in BENCH_STRATEGIES]
+    out = []
+    for s in names:
+        try:
+            validate(cfg.replace(strategy=s))
+            out.append(s)
+        except ConfigError as e:
+            say(f"bench: {s} left out: {' '.join(str(e).split())[:200]}")
+    return tuple(out)
 DEFAULT_WARMUP = 2
 #: Measured steps per block by default: a NAS window's sampled paths then cost within a few
 #: per cent of the average path, and a pipeline's fill is a small part of the window.
@@ -84,17 +103,17 @@ def predictions(costs, cfg: RunConfig, strategies, epoch_samples: int,
     """The simulator's epoch time of each strategy for the layouts that actually ran (simulator
     validation: every ratio within ±20 % and the same ranking as measured), and for each
     strategy it cannot predict, why."""
-    from .plan import parse_plan
-    from .simulate import predict_ahd, predict_all
+    from .options import workload_num_blocks
+    from .strategies import get_strategy
+    from .strategies.predict import predict
 
     steps = max(1, epoch_samples // cfg.batch_size)
     out, why = {}, {}
     for s in strategies:
         try:
-            if s == "ahd" and plans.get("ahd"):
-                p = predict_ahd(costs, parse_plan(plans["ahd"]), cfg.batch_size, steps, inflight=cfg.inflight)
-            else:
-                (p,) = predict_all(costs, cfg.devices, cfg.batch_size, steps, inflight=cfg.inflight, strategies=[s])
+            run_cfg = cfg.replace(strategy=s, profile=cfg.profile)
+            layout = get_strategy(s).layout(run_cfg, workload_num_blocks(run_cfg))  # the layout that ran
+            p = predict(s, costs, cfg.devices, cfg.batch_size, steps, inflight=cfg.inflight, layout=layout)
             out[s] = p.epoch_s
         except Exception as e:  # noqa: BLE001 — reported beside the table, never silently dropped
             why[s] = " ".join(f"{type(e).__name__}: {e}".split())
@@ -109,7 +128,7 @@ def bench(cfg: RunConfig, strategies: tuple[str, ...] = BENCH_STRATEGIES, *, rep
           max_reruns: int = 2, say=print) -> BenchResult:
     """Profile (for the ideal), then ``repeats`` rotated rounds of ``strategies`` on ``cfg``, then up
     to ``max_reruns`` rounds of the noisy strategies with ``dp``."""
-    from .config import validate
+    from .preflight import validate
 
     if repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, got {repeats}")
@@ -134,7 +153,8 @@ def bench(cfg: RunConfig, strategies: tuple[str, ...] = BENCH_STRATEGIES, *, rep
     def run_round(r: int, names, label: str) -> None:
         nonlocal samples
         for s in rotated(names, r):
-            res = run_unit(cfg.replace(strategy=s, profile=csv, tag=cfg.tag or "bench", quiet=True))
+            res = run_unit(cfg.replace(strategy=s, profile=csv, tag=cfg.tag or "bench", quiet=True,
+                                       ideal_seconds_per_sample=per_sample))
             if res.status == "ok":
                 row = res.row
                 rows[s].epoch_times.append(float(row["epoch_time_s"]))
@@ -165,8 +185,6 @@ def bench(cfg: RunConfig, strategies: tuple[str, ...] = BENCH_STRATEGIES, *, rep
         run_round(repeats + reruns, again, f"re-run {reruns + 1}/{max_reruns}")
         reruns += 1
     ideal_epoch = per_sample * samples if per_sample is not None and samples else None
-    if per_sample is not None:
-        fill_ideal(os.path.join(cfg.out, "runs.csv"), {ideal_key(cfg): per_sample})
     from .costs import sampled_path_ratio
 
     paths = sampled_path_ratio(cfg, range(cfg.warmup, cfg.warmup + cfg.steps))
@@ -177,7 +195,8 @@ def bench(cfg: RunConfig, strategies: tuple[str, ...] = BENCH_STRATEGIES, *, rep
             + (" (given --profile: check it did)" if cfg.profile else ""))
     predicted, unpredicted = {}, {}
     if costs is not None and samples:
-        predicted, unpredicted = predictions(costs, cfg, strategies, samples, {k: r.plan for k, r in rows.items()})
+        predicted, unpredicted = predictions(costs, cfg.replace(profile=csv), strategies, samples,
+                                             {k: r.plan for k, r in rows.items()})
     return BenchResult(cfg, rows, ideal_epoch, note, time.perf_counter() - t0, repeats, predicted, unpredicted,
                        reruns)
 
@@ -246,7 +265,7 @@ def format_table(result: BenchResult) -> str:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .cli import config_from_args
+    from .runargs import config_from_args
 
     cfg = config_from_args(args, strategy="sequential", warmup=args.warmup if args.warmup is not None else 0)
     if args.warmup is None:
@@ -254,7 +273,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     elif args.warmup < MIN_NAS_WARMUP and _is_nas(cfg):
         print(f"bench: note: {cfg.workload} is a NAS workload; with --warmup {args.warmup} < {MIN_NAS_WARMUP} some "
               "candidate ops run for the first time inside the timed steps")
-    names = tuple(s for s in (args.strategies.split(",") if args.strategies else BENCH_STRATEGIES) if s)
+    names = (tuple(s for s in args.strategies.split(",") if s) if args.strategies
+             else default_strategies(cfg, say=lambda m: print(m, flush=True)))
     print(f"bench: {', '.join(names)} x {args.repeats} rounds on {cfg.workload}, {cfg.devices} device(s)", flush=True)
     if args.max_reruns < 0:
         raise ConfigError(f"--max-reruns must be >= 0, got {args.max_reruns}")
@@ -265,11 +285,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def add_cli(sub) -> None:
-    from .cli import add_run_options
+    from .runargs import add_run_options
 
     p = sub.add_parser("bench", help="dp, ls, tr, tr-dpu, ahd and the ideal side by side: speedups and efficiency")
     add_run_options(p, strategy=False)
-    p.add_argument("--strategies", default=None, help=f"comma-separated (default: {','.join(BENCH_STRATEGIES)})")
+    p.add_argument("--strategies", default=None, help="comma-separated (default: every registered strategy that runs "
+                   f"the shape, {','.join(BENCH_STRATEGIES)} first)")
     p.add_argument("--repeats", type=int, default=3, help="rounds of every strategy, rotated order (default 3)")
     p.add_argument("--max-reruns", type=int, default=2, metavar="K",
                    help="extra rounds (with dp) for strategies whose rounds differ by more than 25 %% (default 2)")

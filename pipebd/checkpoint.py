@@ -1,7 +1,7 @@
 """Checkpoint and resume of a distributed distillation run.
 
 Each rank saves, after every ``--checkpoint-every K``-th call of
-:meth:`~pipebd.executors.RankContext.after_step`, the state of every trainer it holds
+:meth:`~pipebd.runtime.RankContext.after_step`, the state of every trainer it holds
 (:meth:`~pipebd.distill.BlockTrainer.state`: block weights and buffers, optimizer, schedule,
 step count, plus the NAS paths sampled so far), its RNG states and the run's
 :func:`fingerprint`. Files are keyed by (rank, call count)::
@@ -9,8 +9,9 @@ step count, plus the NAS paths sampled so far), its RNG states and the run's
     DIR/fingerprint.json              the fingerprint, for a cheap check before spawning
     DIR/rank0/ckpt-00000012.pt        rank 0 after its 12th after_step call
 
-and written atomically (``torch.save`` to a temporary file in the same directory, then
-``os.replace``), so a rank killed mid-save leaves the previous checkpoint intact.
+and written atomically (:func:`pipebd.fileio.atomic_write`: ``torch.save`` to a temporary file in
+the same directory, fsync, then ``os.replace``), so a rank killed mid-save leaves the previous
+checkpoint intact.
 
 ``--resume`` restores, on every rank, the latest call count that *all* ranks have saved: a
 consistent cut. Ranks of a pipelined strategy (``tr-dpu``) run at different steps, so each
@@ -18,7 +19,7 @@ rank's newest file is generally not part of the cut. Because the teacher is froz
 data order is a function of (seed, step), restarting every rank at the same call count and
 refilling the pipeline reproduces the uninterrupted run bit for bit; the trainers resume
 from their restored ``step_count`` (the strategy convention in
-:class:`~pipebd.executors.Strategy`). Checkpoints load with ``torch.load(weights_only=True)``;
+:class:`~pipebd.strategies.Strategy`). Checkpoints load with ``torch.load(weights_only=True)``;
 a checkpoint written by a different run (workload, strategy, layout, devices, batch size,
 seed, steps, ...) is refused with the field that differs.
 
@@ -34,12 +35,13 @@ import json
 import os
 import random
 import re
-import tempfile
 from typing import Any
 
 import torch
 
-from .config import ConfigError, RunConfig
+from .config import RunConfig
+from .errors import CheckpointError
+from .fileio import atomic_write, atomic_write_text
 
 __all__ = ["fingerprint", "Checkpointer", "CheckpointError", "check_resumable", "available_counts",
            "common_count", "restore_trainer", "FORMAT_VERSION"]
@@ -52,10 +54,6 @@ _RANK_RE = re.compile(r"^rank(\d+)$")
 FINGERPRINT_FIELDS = ("workload", "strategy", "devices", "batch_size", "seed", "resolution", "width_mult",
                       "num_classes", "teacher_weights", "student_bn", "data", "data_root", "data_size", "augment",
                       "lr", "weight_decay", "shards", "stages", "ls_map", "plan", "inflight", "nas_zero")
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint cannot be used (another run's, corrupt, incomplete)."""
 
 
 def fingerprint(cfg: RunConfig) -> dict[str, Any]:
@@ -143,33 +141,6 @@ def check_resumable(cfg: RunConfig) -> None:
                               "run, or choose an empty --checkpoint-dir for a new one")
 
 
-def _atomic_torch_save(obj: Any, path: str) -> None:
-    d = os.path.dirname(path)
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _atomic_write_json(obj: Any, path: str) -> None:
-    d = os.path.dirname(path)
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def rng_state(device: torch.device) -> dict:
     """Torch CPU (and CUDA) generator states and Python's ``random``, as weights-only data."""
     st = {"torch": torch.get_rng_state(), "python": _py_random_state()}
@@ -225,7 +196,8 @@ class Checkpointer:
 
     def save(self, calls: int, trainers: dict) -> str:
         if self.rank == 0 and not os.path.isfile(os.path.join(self.root, "fingerprint.json")):
-            _atomic_write_json(self.fingerprint, os.path.join(self.root, "fingerprint.json"))
+            atomic_write_text(os.path.join(self.root, "fingerprint.json"),
+                              json.dumps(self.fingerprint, indent=1, sort_keys=True))
         payload = {
             "version": FORMAT_VERSION, "fingerprint": self.fingerprint, "rank": self.rank,
             "world_size": self.world_size, "calls": calls,
@@ -234,7 +206,7 @@ class Checkpointer:
             "rng": rng_state(self.device),
         }
         path = _ckpt_path(self.root, self.rank, calls)
-        _atomic_torch_save(payload, path)
+        atomic_write(path, lambda f: torch.save(payload, f), binary=True, fsync=True)
         self._prune()
         return path
 

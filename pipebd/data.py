@@ -37,6 +37,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets, transforms
 
+from .errors import DataError
+
 __all__ = ["DataConfig", "DataSource", "DataError", "DATA_SOURCES", "DeviceBatches", "SyntheticImages",
            "StepBatchSampler", "build_dataset", "mix_seed", "default_workers"]
 
@@ -49,10 +51,6 @@ _SYNTHETIC_SALT = 0x5EED_DA7A  # keeps sample seeds apart from the epoch-order s
 _PAD = 4  # augmentation: pixels of zero padding before the random crop
 _AUGMENT_SALT = 0xA06
 _GRAIN_SIZE = 32768  # at::internal::GRAIN_SIZE: smaller elementwise ops are not parallelised
-
-
-class DataError(ValueError):
-    """The data source cannot be used as configured."""
 
 
 @dataclass(frozen=True)

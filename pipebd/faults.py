@@ -2,19 +2,24 @@
 
 Injection, a testing aid: ``--inject-fault RANK:STEP:raise|kill|hang`` makes rank RANK raise
 an exception, die of SIGKILL, or hang forever right after it finishes training step STEP
-(the first time :meth:`~pipebd.executors.RankContext.after_step` sees that step). Tests use
+(the first time :meth:`~pipebd.runtime.RankContext.after_step` sees that step). Tests use
 it to show that a failing rank ends the whole run promptly and that the error names it.
+``python -m pipebd profile`` honours it too, with STEP counting the profiler's measured
+configurations instead of training steps (:mod:`pipebd.profiler`).
 
 Detection of hangs, for locally spawned runs: every rank runs a :class:`Heartbeat`, a daemon
-thread that publishes the rank's progress counter (bumped by ``after_step`` and by the
-runner's phase changes) to the launcher's ``TCPStore`` under ``pipebd/hb/RANK``. Bumping is
-an integer increment on the training thread; only the heartbeat thread talks to the store,
-at most every ``interval`` seconds, so the measured steps pay nothing for it. The
+thread that publishes the rank's progress counter (bumped by ``after_step``, by the
+runner's phase changes, and by the profiler after every timed trial) to the launcher's
+``TCPStore`` under ``pipebd/hb/RANK`` (:mod:`pipebd.launch` starts it in every spawned
+rank). Bumping is an integer increment on the training thread; only the heartbeat thread
+talks to the store, at most every ``interval`` seconds, so the measured steps pay nothing
+for it. The
 launcher's :class:`HeartbeatWatch` notes when each counter last changed (by its own clock)
 and reports a *stall* when no live rank has made progress for ``--timeout`` seconds. A
 rank blocked in a collective raises the process group's timeout error at about the same
-time; the runner's root-cause analysis then names the rank that is alive but made no
-progress as the one that hung, and its peers' timeouts as consequences.
+time; the launcher's root-cause analysis (:mod:`pipebd.launch.rootcause`) then names the
+rank that is alive but made no progress as the one that hung, and its peers' timeouts as
+consequences.
 
 Under ``torchrun`` there is no launcher store: a hung rank is detected by its peers'
 process-group timeout (``--timeout``), and torchrun's agent stops the remaining workers.

@@ -17,8 +17,8 @@ never negative), its fill and drain is ``T - S·p``, and an epoch of ``E`` steps
 ``(T - S·p) + E·p``. A run's epoch time is the sum over its
 windows (``dp`` has one per block) — the same definition the cost model uses for predictions.
 
-Rows are appended atomically (a lock, then write-to-temp and rename), so concurrent writers
-never interleave and a reader never sees half a table. Column meanings: results/README.md.
+Rows are appended atomically (a lock, then :func:`pipebd.fileio.atomic_write`: write-to-temp and
+rename), so concurrent writers never interleave and a reader never sees half a table. Column meanings: results/README.md.
 :func:`with_ideal` fills the ideal-time / efficiency columns of a run row, :func:`load_results`
 reads a results directory back (the plots use it). This module does not import torch, so CSV
 readers such as ``plots/`` can import it without paying for (or needing) torch.
@@ -32,14 +32,14 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 
 import pandas as pd
 
+from .fileio import atomic_write, atomic_write_text
+
 __all__ = [
-    "atomic_write_text", "file_mode",
     "PHASES", "BUSY_PHASES", "RUN_COLUMNS", "RANK_COLUMNS", "EVENT_COLUMNS", "RankReport", "append_rows",
     "rank_rows", "event_rows", "write_trace", "summarise", "window_period", "epoch_time", "with_ideal",
     "load_results",
@@ -234,24 +234,6 @@ def write_trace(path: str, run_id: str, reports: list[RankReport]) -> None:
     atomic_write_text(path, json.dumps({"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"run_id": run_id}}))
 
 
-def file_mode() -> int:
-    """The mode a plain ``open(path, "w")`` would give (mkstemp's files are 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: a reader sees the old
-    file or the whole new one, never half of it."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, file_mode())
-    os.replace(tmp, path)
-
-
 def append_rows(path: str, rows: list[dict], columns: list[str]) -> None:
     """Append ``rows`` to the CSV at ``path`` atomically: under an exclusive lock, write the
     whole new table to a temporary file and rename it over the old one."""
@@ -274,11 +256,7 @@ def append_rows(path: str, rows: list[dict], columns: list[str]) -> None:
                     table = pd.concat([old, new], ignore_index=True) if len(old) else new
             else:
                 table = new
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".csv")
-            with os.fdopen(fd, "w") as f:
-                table.to_csv(f, index=False)
-            os.chmod(tmp, file_mode())
-            os.replace(tmp, path)
+            atomic_write(path, lambda f: table.to_csv(f, index=False))
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -297,10 +275,13 @@ def _read_table(path: str, columns: list[str]) -> pd.DataFrame:
     return df
 
 
-def load_results(results_dir: str, *, notes: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def load_results(results_dir: str, *, notes: bool = True,
+                 statuses: tuple[str, ...] = ("ok",)) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Read ``runs.csv``, ``ranks.csv`` and ``events.csv`` of a results directory.
 
-    Keeps only runs whose ``status`` is ``"ok"`` and whose epoch time is a positive number;
+    Keeps only runs whose ``status`` is in ``statuses`` (``"ok"``; the timeline plot also takes
+    ``"predicted"``, the replayed runs ``python -m pipebd schedule --predicted-out`` writes) and
+    whose epoch time is a positive number;
     every other run is left out with a printed note (on stderr) naming it, and so are its
     rows of ``ranks.csv`` / ``events.csv`` and rows of runs that have no ``runs.csv`` row.
     Missing files give empty tables with the documented columns; so does a missing directory
@@ -315,10 +296,10 @@ def load_results(results_dir: str, *, notes: bool = True) -> tuple[pd.DataFrame,
     if os.path.isdir(results_dir) and runs.empty:
         say(f"{results_dir}: no runs.csv rows")
     epoch = pd.to_numeric(runs["epoch_time_s"], errors="coerce")
-    ok = (runs["status"].astype(str) == "ok") & (epoch > 0)
+    ok = runs["status"].astype(str).isin(statuses) & (epoch > 0)
     for _, r in runs[~ok].iterrows():
         why = (f"status={r['status']}" + (f": {r['error']}" if isinstance(r["error"], str) and r["error"] else "")
-               if str(r["status"]) != "ok" else f"epoch_time_s={r['epoch_time_s']!r} is not a positive number")
+               if str(r["status"]) not in statuses else f"epoch_time_s={r['epoch_time_s']!r} is not a positive number")
         say(f"{results_dir}: skipped run {r['run_id']} ({r['strategy']} on {r['workload']}, "
             f"{r['devices']} devices): {why}")
     runs = runs[ok].reset_index(drop=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from .config import ConfigError
 
-__all__ = ["Stage", "Plan", "parse_plan", "split_rows"]
+__all__ = ["Stage", "Plan", "parse_plan", "split_rows", "row_ranges", "row_overlaps"]
 
 _STAGE_RE = re.compile(r"^(\d+)(?:-(\d+))?x(\d+)(?:@(\d+(?::\d+)*))?$")
 
@@ -130,3 +130,30 @@ def parse_plan(text: str) -> Plan:
             raise ConfigError(f"plan stage {part!r}: give one positive weight per replica ({replicas})")
         stages.append(Stage(first, last, replicas, weights))
     return Plan(tuple(stages))
+
+
+def row_ranges(rows) -> list[tuple[int, int]]:
+    """``[lo, hi)`` of each replica, given the rows each replica holds (contiguous, in order)."""
+    out, lo = [], 0
+    for n in rows:
+        out.append((lo, lo + n))
+        lo += n
+    return out
+
+
+def row_overlaps(send_rows, recv_rows) -> list[tuple[int, int, int, int]]:
+    """Every (sender replica, receiver replica, lo, hi) whose row ranges of the batch overlap.
+
+    Stage ``s`` splits the batch among its replicas as ``send_rows``, stage ``s+1`` as
+    ``recv_rows``; rows ``[lo, hi)`` travel from that sender to that receiver. The pieces
+    partition the batch exactly once, whatever the two widths (1→2, 2→1, 3→2, 2:1→1 …).
+    """
+    if sum(send_rows) != sum(recv_rows):
+        raise ValueError(f"row splits {tuple(send_rows)} and {tuple(recv_rows)} cover different batch sizes")
+    out = []
+    for i, (slo, shi) in enumerate(row_ranges(send_rows)):
+        for j, (rlo, rhi) in enumerate(row_ranges(recv_rows)):
+            lo, hi = max(slo, rlo), min(shi, rhi)
+            if lo < hi:
+                out.append((i, j, lo, hi))
+    return out

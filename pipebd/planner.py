@@ -8,11 +8,11 @@ the *bottleneck*
     max over stages s of  cost(s) = input(b) + Σ teacher_i(b) + Σ student_i(b) + Σ allreduce_i(r_s)
 
 where ``b = ceil(B / r_s)`` is the largest replica's share of the batch (see
-:func:`pipebd.simulate.stage_cost`; ``input`` is data loading for the first stage and the relay
+:func:`pipebd.costmodel.stage_cost`; ``input`` is data loading for the first stage and the relay
 receive otherwise), subject to every replica's peak memory fitting ``memory_limit_bytes``.
 
 Memory is judged per *stage configuration* (blocks ``j..i`` at ``b`` rows), never per block
-alone: :func:`pipebd.simulate.stage_memory` adds the resident bytes of the stage's blocks, the
+alone: :func:`pipebd.costmodel.stage_memory` adds the resident bytes of the stage's blocks, the
 largest transient and the relay buffers. The limit of a run is :func:`memory_limit_for`
 (``--memory-limit``, else on CUDA the device's memory minus a margin, else none); a plan given
 with ``--plan`` is checked against it by :func:`check_plan_memory` before anything spawns.
@@ -31,25 +31,24 @@ Replicas split the batch evenly; an indivisible batch is split by largest remain
 (:func:`pipebd.plan.split_rows`, the plan's default when it names no weights). On homogeneous
 devices this is optimal — per-replica time grows with rows, so any uneven split only makes
 the slowest replica slower. Uneven ``@w1:w2`` weights remain available to hand-written plans
-(e.g. for mixed devices); the cost model evaluates them (:func:`~pipebd.simulate.stage_cost`).
+(e.g. for mixed devices); the cost model evaluates them (:func:`~pipebd.costmodel.stage_cost`).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
 import time
 from dataclasses import dataclass
 
-from .config import ConfigError, RunConfig
+from .config import RunConfig
+from .errors import ConfigError, PlanError
 from .plan import Plan, Stage, split_rows
-from .simulate import (CostTable, StageCost, epoch_steps, estimate_cost_table, predict_ahd, random_cost_table,
-                       stage_cost, stage_memory)
+from .costmodel import CostTable, StageCost, estimate_cost_table, stage_cost, stage_memory
 
-__all__ = ["PlanError", "PlanResult", "search", "plan", "plan_for", "pipeline_plan_for", "cost_table_for",
-           "memory_limit_for", "check_plan_memory", "check_plan_memory_for", "CUDA_MARGIN", "add_cli"]
+__all__ = ["PlanError", "PlanResult", "search", "plan", "plan_for", "pipeline_plan", "pipeline_plan_for",
+           "cost_table_for", "memory_limit_for", "check_plan_memory", "check_plan_memory_for", "CUDA_MARGIN"]
 
 log = logging.getLogger("pipebd.planner")
 
@@ -57,10 +56,6 @@ log = logging.getLogger("pipebd.planner")
 #: Part of a GPU's memory the default limit leaves free (CUDA context, NCCL buffers, fragmentation):
 #: the larger of a fraction of the total and a fixed number of bytes.
 CUDA_MARGIN = (0.05, 2 * 2**30)
-
-
-class PlanError(ConfigError):
-    """No layout satisfies the request (devices, batch size, memory); the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -224,7 +219,7 @@ def plan(costs: CostTable, devices: int, batch_size: int, memory_limit_bytes: fl
 
 def cost_table_for(cfg: RunConfig) -> CostTable:
     """``cfg.profile``'s table (checked against the workload), else a FLOP-based estimate."""
-    from .config import workload_num_blocks
+    from .options import workload_num_blocks
     from .zoo import canonical_name
 
     if not cfg.profile:
@@ -291,10 +286,15 @@ def plan_for(cfg: RunConfig, *, memory_limit_bytes: float | None = None) -> Plan
     return plan(costs, cfg.devices, cfg.batch_size, memory_limit_bytes=limit, inflight=cfg.inflight)
 
 
+def pipeline_plan(costs: CostTable, devices: int, batch_size: int, *, memory_limit_bytes: float | None = None,
+                  inflight: int = 2) -> Plan:
+    """The best tr / tr-dpu layout: ``min(devices, blocks)`` contiguous stages of one replica each."""
+    return search(costs, min(devices, costs.num_blocks), batch_size, memory_limit_bytes=memory_limit_bytes,
+                  inflight=inflight, max_replicas=1).plan
+
+
 def pipeline_plan_for(cfg: RunConfig) -> Plan:
     """The tr / tr-dpu layout of a run (one replica per stage) under its memory limit."""
-    from .simulate import pipeline_plan
-
     costs = cost_table_for(cfg)
     limit = memory_limit_for(cfg, costs)[0] if cfg.memory_limit is not None or any(costs.memory) else None
     return pipeline_plan(costs, cfg.devices, cfg.batch_size, memory_limit_bytes=limit, inflight=cfg.inflight)
@@ -304,7 +304,7 @@ def check_plan_memory(costs: CostTable, plan_: Plan, batch_size: int, limit: flo
                       limit_source: str = "--memory-limit") -> None:
     """Raise :class:`PlanError` if a stage of ``plan_`` does not fit ``limit`` bytes per device.
 
-    Each stage is judged as a whole (:func:`~pipebd.simulate.stage_memory` at its largest
+    Each stage is judged as a whole (:func:`~pipebd.costmodel.stage_memory` at its largest
     replica's rows); a block the profile marked out of memory at those rows fails too. Stages
     without memory data are not checked (the estimate has none).
     """
@@ -337,45 +337,3 @@ def check_plan_memory_for(cfg: RunConfig, plan_: Plan) -> None:
 
 
 # ---- CLI --------------------------------------------------------------------------------
-
-def _cmd_plan(args: argparse.Namespace) -> int:
-    from .cli import config_from_args
-
-    cfg = config_from_args(args)
-    if args.synthetic:
-        costs = random_cost_table(cfg.seed, args.synthetic, cfg.devices, cfg.batch_size, with_memory=True)
-        what = f"random table ({args.synthetic} blocks, seed {cfg.seed})"
-    else:
-        costs = cost_table_for(cfg)
-        what = f"profile {cfg.profile}" if cfg.profile else f"FLOP estimate ({cfg.device_type})"
-    limit, source = memory_limit_for(cfg, costs)
-    res = search(costs, cfg.devices, cfg.batch_size, memory_limit_bytes=limit, inflight=cfg.inflight)
-    steps = args.steps_per_epoch or epoch_steps(costs.workload or cfg.workload, cfg.batch_size)
-    pred = predict_ahd(costs, res.plan, cfg.batch_size, steps, inflight=cfg.inflight)
-    name = costs.workload or cfg.workload
-    print(f"ahd plan: {name} on {cfg.devices} device(s), batch {cfg.batch_size}, costs from {what}"
-          + (f", memory limit {limit / 2**30:.2f} GiB ({source})" if limit is not None else ""))
-    has_mem = any(c.memory_bytes is not None for c in res.stages)
-    print(f"{'stage':>5}  {'blocks':<8}{'replicas':>8}  {'rows/replica':<14}{'stage ms':>10}"
-          + (f"{'mem MiB':>10}" if has_mem else ""))
-    for k, c in enumerate(res.stages):
-        s = c.stage
-        blocks = f"{s.first}" if s.first == s.last else f"{s.first}-{s.last}"
-        rows = "/".join(map(str, sorted(set(c.rows), reverse=True)))
-        mem = f"{c.memory_bytes / 2**20:10.1f}" if has_mem and c.memory_bytes is not None else ""
-        print(f"{k:>5}  {blocks:<8}{s.replicas:>8}  {rows:<14}{c.total_s * 1e3:>10.2f}{mem}")
-    print(f"bottleneck {res.bottleneck_s * 1e3:.2f} ms/step; predicted epoch ({steps} steps) {pred.epoch_s:.2f} s "
-          f"(fill {pred.fill_s:.2f} s); searched {res.evaluated} stage configurations in {res.seconds:.3f} s")
-    print(res.plan)
-    return 0
-
-
-def add_cli(sub) -> None:
-    from .cli import add_run_options
-
-    p = sub.add_parser("plan", help="choose the ahd layout (stages x replicas) for a workload on N devices")
-    add_run_options(p, strategy=False)  # includes --memory-limit BYTES (e.g. 70GiB)
-    p.add_argument("--steps-per-epoch", type=int, default=None, help="steps of one epoch for the predicted time")
-    p.add_argument("--synthetic", type=int, default=None, metavar="BLOCKS",
-                   help="plan a random cost table of BLOCKS blocks instead (planner scaling check)")
-    p.set_defaults(func=_cmd_plan)

@@ -23,9 +23,11 @@ from dataclasses import dataclass
 import torch
 
 from .comm import threads_per_rank
-from .config import ConfigError, RunConfig, validate, workload_num_blocks
-from .executors import get_strategy, import_plugins, strategy_names
+from .config import ConfigError, RunConfig
+from .options import workload_num_blocks
+from .preflight import validate
 from .runner import launch
+from .strategies import get_strategy, import_plugins, strategy_names
 
 __all__ = ["VerifyResult", "verify_strategy", "compare_weights", "prepare", "add_cli"]
 
@@ -150,7 +152,7 @@ def verify_strategy(cfg: RunConfig, *, rtol: float = DEFAULT_RTOL, workdir: str 
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .cli import config_from_args
+    from .runargs import config_from_args
 
     import_plugins(args.plugins)
     if args.list:
@@ -198,7 +200,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def add_cli(sub) -> None:
-    from .cli import add_run_options
+    from .runargs import add_run_options
 
     p = sub.add_parser("verify", help="check every strategy against the sequential reference (same weights)")
     add_run_options(p, strategy=False)

@@ -13,11 +13,7 @@ import argparse
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # `python plots/X.py` puts plots/ first on the path, not the repo
-    sys.path.insert(0, ROOT)
-
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -57,12 +53,12 @@ def note(msg: str) -> None:
     print(f"note: {msg}", file=sys.stderr)
 
 
-def load(dirs: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def load(dirs: list[str], *, statuses: tuple[str, ...] = ("ok",)) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """``load_results`` of every directory, concatenated; adds ``source`` (the directory) and
     resolves workload aliases. Failed runs are left out (with notes) by ``load_results``."""
     parts = []
     for d in dirs:
-        runs, ranks, events = load_results(d)
+        runs, ranks, events = load_results(d, statuses=statuses)
         for df in (runs, ranks, events):
             df["source"] = os.path.normpath(d)
         parts.append((runs, ranks, events))

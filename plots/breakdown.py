@@ -13,17 +13,12 @@ spread evenly, no communication, no idle) is added when the runs carry one.
 from __future__ import annotations
 
 import math
-import os
 import sys
 
 import matplotlib.patches as mpatches
 import pandas as pd
 
-try:
-    from . import _common as C
-except ImportError:  # run as a script: python plots/NAME.py
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import _common as C
+from plots import _common as C  # the installed package (pyproject.toml), also when run as plots/NAME.py
 
 
 def compute(runs: pd.DataFrame, ranks: pd.DataFrame, *, workloads: list[str] | None = None,

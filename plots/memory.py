@@ -11,17 +11,12 @@ interpreter and torch, so only differences between strategies mean something).
 
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy as np
 import pandas as pd
 
-try:
-    from . import _common as C
-except ImportError:  # run as a script: python plots/NAME.py
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import _common as C
+from plots import _common as C  # the installed package (pyproject.toml), also when run as plots/NAME.py
 
 
 def compute(runs: pd.DataFrame, ranks: pd.DataFrame, *, workloads: list[str] | None = None,

@@ -18,11 +18,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, NullLocator
 
-try:
-    from . import _common as C
-except ImportError:  # run as a script: python plots/NAME.py
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import _common as C
+from plots import _common as C  # the installed package (pyproject.toml), also when run as plots/NAME.py
 
 SIM_REQUIRED = ("strategy", "devices", "batch_size")
 

@@ -20,13 +20,9 @@ import sys
 
 import pandas as pd
 
-try:
-    from . import _common as C
-except ImportError:  # run as a script: python plots/NAME.py
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import _common as C
+from plots import _common as C  # the installed package (pyproject.toml), also when run as plots/NAME.py
 
-from pipebd.derived import speedup_cells  # noqa: E402  (after _common put the repo on sys.path)
+from pipebd.derived import speedup_cells
 
 EXPECTED = ["dp", "ls", "tr", "tr-dpu", "ahd"]
 

@@ -19,18 +19,13 @@ axis starts at 0; the panels share the scale.
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field
 
 import matplotlib.patches as mpatches
 import pandas as pd
 
-try:
-    from . import _common as C
-except ImportError:  # run as a script: python plots/NAME.py
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import _common as C
+from plots import _common as C  # the installed package (pyproject.toml), also when run as plots/NAME.py
 
 DEFAULT_STRATEGIES = ["dp", "tr", "tr-dpu", "ahd"]
 _DARK = {"student", "comm", "sync", "update", "teacher"}
@@ -212,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error(f"--steps must be >= 1, got {args.steps}")
-    runs, _ranks, events = C.load(args.dirs)
+    # predicted runs too (`python -m pipebd schedule --predicted-out DIR`): the replayed timeline
+    runs, _ranks, events = C.load(args.dirs, statuses=("ok", "predicted"))
     traced = runs[runs["run_id"].isin(set(events["run_id"]))]
     workload = args.workload
     if workload is None:

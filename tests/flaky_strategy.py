@@ -8,7 +8,7 @@ import os
 
 from baselines.dp import DataParallel
 from pipebd.config import ConfigError
-from pipebd.executors import register_strategy
+from pipebd.strategies import register_strategy
 
 
 @register_strategy("flaky")

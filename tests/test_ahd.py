@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipebd.config import ConfigError, RunConfig, validate
-from pipebd.executors import get_strategy
+from pipebd.config import ConfigError, RunConfig
+from pipebd.preflight import validate
+from pipebd.strategies import get_strategy
 from tests.helpers import assert_keeps_math
 
 TINY = RunConfig(workload="tiny", strategy="ahd", batch_size=8, steps=3, warmup=1, threads=1, timeout=60)

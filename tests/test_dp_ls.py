@@ -15,7 +15,8 @@ import pytest
 
 from baselines.dp import DataParallel
 from baselines.ls import LayerWise, format_ls_map, lpt_assign, parse_ls_map
-from pipebd.config import ConfigError, RunConfig, validate
+from pipebd.config import ConfigError, RunConfig
+from pipebd.preflight import validate
 from pipebd.planner import cost_table_for
 from tests.helpers import assert_keeps_math
 

@@ -18,8 +18,9 @@ import pandas as pd
 import pytest
 
 from pipebd.cli import main
-from pipebd.experiments import (EXPERIMENTS_DIR, MIN_NAS_WARMUP, PROFILES, ExperimentError, load_experiment,
-                                load_experiments, plan_units, rotated)
+from pipebd.experiments import (EXPERIMENTS_DIR, MIN_NAS_WARMUP, PROFILES, ExperimentError, ideal_seconds_per_sample,
+                                load_experiment, load_experiments, plan_units, rotated)
+from pipebd.experiments.grid import _group_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = sorted(glob.glob(os.path.join(EXPERIMENTS_DIR, "*.yaml")))
@@ -139,6 +140,8 @@ def _write(tmp_path, text: str, name: str = "tinyexp") -> str:
     ("{timeout: 120.0, trace: false}", "{timeout: soon}", ["profiles.cpu.options.timeout", "expected float"]),
     ("{timeout: 120.0, trace: false}", "{batch_size: 4}",
      ["profiles.cpu.options", "'batch_size' is set by the experiment grid"]),
+    ("{timeout: 120.0, trace: false}", "{ideal_seconds_per_sample: 0.1}",  # from the cost table, per group
+     ["profiles.cpu.options", "'ideal_seconds_per_sample' is set by the experiment grid"]),
     ("workloads: [tiny]", "workloads: [nope]", ["profiles.cpu.workloads[0].name", "unknown workload 'nope'"]),
     ("workloads: [tiny]", "workloads: [tiny-nas]", ["tiny-nas is a NAS workload", f"warmup >= {MIN_NAS_WARMUP}"]),
     ("    costs: estimate\n", "    costs: guess\n", ["profiles.cpu.costs", "profile, estimate, none"]),
@@ -195,7 +198,14 @@ def test_tiny_experiment_end_to_end_retry_skip_force_and_resume(tmp_path, monkey
     assert sorted(runs["strategy"]) == ["dp", "flaky"]
     ok = runs[runs["status"] == "ok"].iloc[0]
     assert ok["tag"] == "tinyexp" and ok["epoch_time_s"] > 0
-    assert ok["ideal_epoch_time_s"] > 0 and ok["efficiency"] > 0  # filled from the (estimated) cost model
+    # the ideal travels with the run record: the group's cost table (here estimated) is made before its
+    # runs, and its ideal per sample is in each run's RunConfig, which the runner writes into the row
+    from pipebd.costmodel import estimate_cost_table
+
+    prof = load_experiment(str(tmp_path / "exps" / "tinyexp.yaml")).profile("cpu")
+    per_sample = ideal_seconds_per_sample(estimate_cost_table(_group_config(prof, prof.workloads[0], 8, 2)), 2, 8)
+    assert per_sample and ok["ideal_epoch_time_s"] == pytest.approx(per_sample * ok["epoch_samples"])
+    assert ok["efficiency"] == pytest.approx(ok["ideal_epoch_time_s"] / ok["epoch_time_s"])
     assert "failing on purpose" in runs[runs["status"] == "failed"].iloc[0]["error"]
     assert set(pd.read_csv(d / "simulate.csv")["devices"]) == {1, 2, 4}
     assert set(pd.read_csv(d / "schedules.csv")["devices"]) == {2, 4}
@@ -267,7 +277,7 @@ def test_noisy_cells_are_flagged_and_rerun_with_dp():
 
 
 def test_changed_settings_move_a_partial_run_aside(tmp_path):
-    from pipebd.experiments import _prepare_dir, _settings
+    from pipebd.experiments.journal import _prepare_dir, _settings
 
     exp = load_experiment(_write(tmp_path, GOOD))
     d = tmp_path / "r" / "cpu" / "tinyexp"
@@ -297,33 +307,37 @@ def test_bench_prints_table_with_dp_and_speedup(tmp_path, capsys):
 
 def test_noisy_cells_get_rerun_rounds_with_dp_until_max_reruns(tmp_path, monkeypatch):
     """The runner's re-run loop (no processes: run_unit is replaced by one that appends a row):
-    tr's repeats differ by > 25 %, so rounds of dp + tr are run, at most --max-reruns of them."""
-    from pipebd import experiments as ex
+    tr's repeats differ by > 25 %, so rounds of dp + tr are run, at most --max-reruns of them;
+    every run, re-runs too, gets the group's ideal in its RunConfig."""
     from pipebd import metrics
+    from pipebd.experiments import run as ex
+    from pipebd.experiments.grid import input_resolution
 
     exp = load_experiment(_write(tmp_path, GOOD.replace("strategies: [dp, nosuch]", "strategies: [dp, tr]")
                                  .replace("repeats: 1", "repeats: 3")))
     prof = exp.profile("cpu")
     (w,) = prof.workloads
-    gcfg = ex._group_config(prof, w, 8, 2)
+    gcfg = _group_config(prof, w, 8, 2)
     d = str(tmp_path / "r")
     os.makedirs(d)
     times = {"dp": [10.0, 10.2, 9.9, 10.1, 10.0], "tr": [5.0, 8.0, 5.1, 5.0, 5.2]}
     clock = iter(range(100))
+    ideals = []
 
     def fake_run_unit(cfg, *, run_id=None):
+        ideals.append(cfg.ideal_seconds_per_sample)
         t = times[cfg.strategy].pop(0)
         row = {c: None for c in metrics.RUN_COLUMNS}
         row.update(run_id=run_id, status="ok", workload="tiny", strategy=cfg.strategy, devices=2, batch_size=8,
-                   resolution=float(ex.input_resolution(gcfg)), width_mult=1.0, epoch_time_s=t, plan="",
+                   resolution=float(input_resolution(gcfg)), width_mult=1.0, epoch_time_s=t, plan="",
                    timestamp=f"2026-01-01T00:00:{next(clock):02d}")
         metrics.append_rows(os.path.join(d, "runs.csv"), [row], metrics.RUN_COLUMNS)
         return ex.UnitResult(run_id, "ok", row, 0.1)
 
     monkeypatch.setattr(ex, "run_unit", fake_run_unit)
     eta, said = ex.Eta(6), []
-    ex._run_units(ex.plan_units(prof), d, prof, exp, None, eta, said.append)
-    noisy = ex._rerun_noisy(d, prof, exp, w, 8, 2, gcfg, None, 2, eta, said.append)
+    ex._run_units(plan_units(prof), d, prof, exp, None, eta, said.append, ideal=1e-3)
+    noisy = ex._rerun_noisy(d, prof, exp, w, 8, 2, gcfg, None, 2, eta, said.append, ideal=1e-3)
     units = pd.read_csv(os.path.join(d, "units.csv"))
     done = units[units.status == "ok"]
     assert sorted(done[done.repeat >= 3][["repeat", "strategy"]].itertuples(index=False, name=None)) == [
@@ -331,6 +345,7 @@ def test_noisy_cells_get_rerun_rounds_with_dp_until_max_reruns(tmp_path, monkeyp
     assert len(noisy) == 1 and "tr" in noisy[0] and "spread" in noisy[0]
     assert any("re-run round 1/2" in m for m in said) and any("(re-run)" in m for m in said)
     assert eta.total == 10 and eta.done == 10
+    assert ideals == [1e-3] * 10
 
 
 def test_bench_speedup_range_pairs_runs_of_the_same_round():

@@ -151,6 +151,34 @@ def test_sigint_stops_every_rank(tmp_path):
     assert "interrupted by SIGINT" in failed_rows(out).error.iloc[0]
 
 
+# ----------------------------------------------------------------------------- profiling ranks
+
+
+def profile_args(out, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "pipebd", "profile", "--workload", "tiny", "--batch-size", "8", "--quick",
+            "--out", str(out), *extra]
+
+
+def test_a_failing_profiling_rank_ends_the_profile_and_is_named(tmp_path):
+    """The profiler launches like a run (pipebd.launch): the root cause is named, no process is left."""
+    out = tmp_path / "p.csv"
+    proc, mark = run_marked(profile_args(out, "--devices", "2", "--inject-fault", "1:3:raise"), timeout=180)
+    assert proc.returncode == 1, proc.stderr
+    assert "rank 1 failed: " in proc.stderr and "InjectedFault: injected fault on rank 1 at step 3" in proc.stderr, \
+        proc.stderr
+    assert "rank 0 failed" not in proc.stderr
+    assert_nothing_left(mark)
+    assert not out.exists()
+
+
+def test_a_hung_profiling_rank_is_caught_by_the_heartbeat(tmp_path):
+    proc, mark = run_marked(profile_args(tmp_path / "p.csv", "--devices", "1", "--inject-fault", "0:1:hang",
+                                         "--timeout", "4"), timeout=180)
+    assert proc.returncode == 1, proc.stderr
+    assert "rank 0 hung (no progress for" in proc.stderr, proc.stderr
+    assert_nothing_left(mark)
+
+
 # ----------------------------------------------------------------------------- nothing lost
 
 

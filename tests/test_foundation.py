@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from pipebd.config import ConfigError, RunConfig, validate
+from pipebd.config import ConfigError, RunConfig
 from pipebd.data import DataConfig, DataError, DataSource
 from pipebd.distill import BlockTrainer, OptimConfig, shard_sizes, teacher_forward
+from pipebd.preflight import validate
 from pipebd.zoo import WorkloadError, WorkloadOptions, build_workload, sample_path, workload_names
 from pipebd.zoo.registry import probe_shapes
 

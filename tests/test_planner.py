@@ -12,7 +12,7 @@ from pipebd.cli import main
 from pipebd.config import ConfigError, RunConfig
 from pipebd.plan import Plan, Stage, parse_plan
 from pipebd.planner import PlanError, cost_table_for, plan, plan_for, search
-from pipebd.simulate import CostTable, random_cost_table, stage_cost, stage_memory
+from pipebd.costmodel import CostTable, random_cost_table, stage_cost, stage_memory
 
 
 def _compositions(total: int, parts: int, cap: int):
@@ -27,7 +27,7 @@ def _compositions(total: int, parts: int, cap: int):
 
 
 def brute_force(costs: CostTable, devices: int, batch: int, *, limit=None, inflight=2, max_replicas=None):
-    """Every (contiguous partition × replica vector) layout, costed by pipebd.simulate.stage_cost.
+    """Every (contiguous partition × replica vector) layout, costed by pipebd.costmodel.stage_cost.
 
     Returns the lexicographic best (bottleneck, stages, total work) and the layout count."""
     n = costs.num_blocks
@@ -210,8 +210,8 @@ def _tiny_profile(tmp_path, devices: int, batch: int, seed: int = 7) -> str:
 
 
 def test_an_explicit_plan_over_the_memory_limit_is_rejected_before_spawning(tmp_path):
-    from pipebd.config import validate
-    from pipebd.executors.ahd import ahd_plan
+    from pipebd.preflight import validate
+    from pipebd.strategies.ahd import ahd_plan
 
     path = _tiny_profile(tmp_path, 3, 24)
     costs = CostTable.from_csv(path)

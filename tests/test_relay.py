@@ -17,9 +17,10 @@ import sys
 import pandas as pd
 import pytest
 
-from pipebd.comm import row_overlaps, row_ranges
-from pipebd.config import ConfigError, RunConfig, validate
-from pipebd.executors.relay import parse_stages
+from pipebd.plan import row_overlaps, row_ranges
+from pipebd.config import ConfigError, RunConfig
+from pipebd.preflight import validate
+from pipebd.strategies.relay import parse_stages
 from tests.helpers import assert_keeps_math
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -15,7 +15,8 @@ import itertools
 import pytest
 import torch
 
-from pipebd.config import RunConfig, workload_options
+from pipebd.config import RunConfig
+from pipebd.options import workload_options
 from pipebd.costs import block_facts
 from pipebd.distill import BlockTrainer
 from pipebd.zoo import WorkloadOptions, build_workload, sample_path

@@ -17,6 +17,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..errors import WorkloadError
+
 __all__ = [
     "WorkloadOptions",
     "Workload",
@@ -29,10 +31,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("pipebd.zoo")
-
-
-class WorkloadError(ValueError):
-    """A workload could not be built as asked (unknown name, bad option, bad weights)."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ data-parallel replicas that split each batch by rows (evenly, or by ``@w1:w2`` w
 - Relayed activations are sliced and gathered between stages of different widths: for each
   (sender replica, receiver replica) pair the overlap of their row ranges travels as one
   non-blocking message into a sliced view of the receiver's preallocated input buffer
-  (:func:`~pipebd.comm.row_overlaps`), so 1→2, 2→1, 3→1, 2→3 and uneven splits all work.
+  (:func:`~pipebd.plan.row_overlaps`), so 1→2, 2→1, 3→1, 2→3 and uneven splits all work.
 - Inside a replicated stage, every replica weights its loss by its share of the batch (as
   ``BlockTrainer.accumulate`` does for ghost shards) and the present gradients are summed
   with one flattened all-reduce in the stage's own process group; all replicas sample the
@@ -20,21 +20,20 @@ data-parallel replicas that split each batch by rows (evenly, or by ``@w1:w2`` w
 
 The plan comes from ``--plan`` (e.g. ``0-1x2,2-5x1``; ``python -m pipebd plan`` prints one),
 else from :func:`pipebd.planner.plan_for` (costs from ``--profile`` or a FLOP estimate),
-computed on rank 0 and broadcast so every rank runs the same layout. Execution is
-:class:`~pipebd.executors.relay.RelayPipeline`, shared with ``tr``/``tr-dpu``.
+computed from the same cost table on every rank (a deterministic search, so every rank runs the
+same layout). The schedule is :func:`~pipebd.strategies.relay.relay_schedule`'s, shared with
+``tr``/``tr-dpu``.
 """
 
 from __future__ import annotations
 
 import logging
 
-import torch.distributed as dist
-
 from ..config import ConfigError, RunConfig
-from ..distill import BlockTrainer
 from ..plan import Plan, parse_plan
+from ..schedule import Schedule, ScheduleSpec
 from .base import Strategy, register_strategy
-from .relay import RelayPipeline
+from .relay import relay_schedule
 
 __all__ = ["AutoHybrid", "ahd_plan"]
 
@@ -72,27 +71,16 @@ class AutoHybrid(Strategy):
     description = "Pipe-BD automatic hybrid distribution: relayed stages x data-parallel replicas (--plan)"
 
     @classmethod
-    def validate(cls, cfg: RunConfig, num_blocks: int) -> None:
-        super().validate(cfg, num_blocks)
-        ahd_plan(cfg, num_blocks)
+    def layout(cls, cfg: RunConfig, num_blocks: int) -> Plan:
+        return ahd_plan(cfg, num_blocks)
 
     @classmethod
-    def describe_plan(cls, cfg: RunConfig, num_blocks: int) -> str:
-        return str(ahd_plan(cfg, num_blocks))
+    def choose_layout(cls, costs, spec: ScheduleSpec, *, memory_limit_bytes: float | None = None) -> Plan:
+        from ..planner import plan as make_plan
+
+        return make_plan(costs, spec.devices, spec.batch_size, memory_limit_bytes=memory_limit_bytes,
+                         inflight=spec.inflight)
 
     @classmethod
-    def reference_shards(cls, cfg: RunConfig, num_blocks: int) -> tuple[tuple[int, ...], ...]:
-        plan = ahd_plan(cfg, num_blocks)
-        return tuple(plan.stages[plan.stage_of_block(i)].rows(cfg.batch_size) for i in range(num_blocks))
-
-    def run(self) -> dict[int, BlockTrainer]:
-        ctx = self.ctx
-        cfg, n = ctx.config, ctx.workload.num_blocks
-        if cfg.plan is not None or ctx.world_size == 1:
-            plan = ahd_plan(cfg, n)
-        else:  # a planned layout is decided once, on rank 0, so no rank can disagree
-            box = [str(ahd_plan(cfg, n))] if ctx.rank == 0 else [None]
-            dist.broadcast_object_list(box, src=0)
-            plan = parse_plan(box[0])
-            plan.validate(num_blocks=n, devices=cfg.devices, batch_size=cfg.batch_size)
-        return RelayPipeline(ctx, plan, barrier=False, label="ahd").run()
+    def generate(cls, spec: ScheduleSpec, layout: Plan) -> Schedule:
+        return relay_schedule(spec, layout, barrier=False, strategy=cls.name, layout=str(layout))

@@ -1,0 +1,1 @@
+"""One module per CLI command (each exposes ``add_cli(subparsers)``); :mod:`pipebd.cli` dispatches."""

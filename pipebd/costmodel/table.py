@@ -1,0 +1,418 @@
+"""The cost table: measured (or estimated) seconds and bytes of one workload's blocks.
+
+Pipe-BD (Jang et al., DATE 2023) §III-C chooses its layout from profiled per-block costs; a
+:class:`CostTable` holds, per block ``i``:
+
+- ``teacher[i][b]``  seconds of teacher block ``i``'s forward on ``b`` rows,
+- ``student[i][b]``  seconds of one student train step (forward + loss + backward + optimizer)
+  on ``b`` rows; ``inf`` marks a configuration that ran out of memory,
+- ``allreduce[i][g]`` seconds to all-reduce student ``i``'s gradients over a group of ``g``,
+- ``memory[i][b]``   peak bytes to train block ``i`` alone at ``b`` rows (where known), and
+  ``static_memory[i]`` the part of it that stays resident (teacher params, student params +
+  momentum),
+
+plus ``relay[k][b]`` (seconds to receive ``b`` rows of the activation entering block ``k``,
+``k = 1..n-1``; point-to-point, paid by the receiver), ``data_per_sample`` (seconds to load one
+sample; ``data[b]`` seconds for ``b`` rows where profiled at several sizes), ``capacity`` (bytes
+one profiled device could use), ``activation_bytes[k]`` (bytes per sample of the activation
+entering block ``k``; ``k = n`` is the logits) and ``barrier[g]`` (seconds of a barrier over ``g``
+ranks).
+
+Times are measured at a few per-replica batch sizes (the profiler uses ``ceil(B/g)``,
+``g = 1..G``, ``G = --replica-groups``, at least 4) and are a function of the row count
+(:mod:`pipebd.costfit`): exact at measured points, linear between them, and outside them a
+fixed + per-sample line ``a + c·b`` fitted by non-negative least squares (one point:
+proportional, listed by :meth:`CostTable.gaps`). All-reduce times beyond the measured group
+sizes follow the ring all-reduce factor ``2(g-1)/g``. Rows a profile did not measure but
+modelled (one rank: relay and all-reduce from bytes) are listed in ``modelled``. The table
+round-trips through a tidy CSV (:data:`CSV_COLUMNS`) and JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+from ..config import ConfigError
+from ..costfit import evaluate as _interp
+from ..costfit import measured_range as _range
+
+__all__ = ["CostTable", "CSV_COLUMNS", "candidate_batches", "write_csv"]
+
+#: Columns of the tidy profile CSV (:meth:`CostTable.to_csv` / :meth:`CostTable.from_csv`).
+CSV_COLUMNS = ["kind", "block", "batch", "group", "seconds", "bytes", "feasible", "ranks", "trials", "note",
+               "workload", "device_type", "devices", "batch_size", "source"]
+
+_KINDS = ("teacher", "student", "relay", "allreduce", "memory", "static_memory", "activation", "data", "barrier",
+          "capacity")
+
+
+def candidate_batches(batch_size: int, devices: int) -> list[int]:
+    """Per-replica batch sizes a stage of ``g = 1..devices`` replicas trains: ``ceil(B/g)``, descending."""
+    if batch_size < 1 or devices < 1:
+        raise ValueError(f"batch size and devices must be >= 1, got {batch_size} and {devices}")
+    return sorted({-(-batch_size // g) for g in range(1, min(devices, batch_size) + 1)}, reverse=True)
+
+
+def _ring(g: int) -> float:
+    return 2.0 * (g - 1) / g
+
+
+def _intkeys(d: Mapping) -> dict[int, float]:
+    return {int(k): float(v) for k, v in d.items()}
+
+
+@dataclass
+class CostTable:
+    """Measured (or estimated) costs of one workload; see the module docstring for each field.
+
+    Lists are indexed by block (``relay`` and ``activation_bytes`` by boundary: entry ``k`` is
+    the activation entering block ``k``); dict keys are row counts (or group sizes for
+    ``allreduce`` and ``barrier``). Missing relay / all-reduce / memory data count as free /
+    unknown, and :meth:`gaps` lists them.
+    """
+
+    num_blocks: int
+    teacher: list[dict[int, float]]
+    student: list[dict[int, float]]
+    data_per_sample: float = 0.0
+    relay: list[dict[int, float]] = field(default_factory=list)
+    allreduce: list[dict[int, float]] = field(default_factory=list)
+    memory: list[dict[int, float]] = field(default_factory=list)
+    static_memory: list[float] = field(default_factory=list)
+    activation_bytes: list[float] = field(default_factory=list)
+    barrier: dict[int, float] = field(default_factory=dict)
+    workload: str = ""
+    device_type: str = ""
+    devices: int = 0  # ranks the profile ran on
+    batch_size: int = 0  # global batch the profile's candidate sizes derive from
+    source: str = ""  # "profile", "estimate" or "synthetic"
+    data: dict[int, float] = field(default_factory=dict)  # seconds to load b rows (else data_per_sample * b)
+    capacity: float = 0.0  # bytes one profiled device could use (0: unknown)
+    modelled: tuple[str, ...] = ()  # kinds whose values a model gave (one-rank profile), not a measurement
+
+    def __post_init__(self) -> None:
+        n = self.num_blocks
+        self.teacher = [_intkeys(d) for d in self.teacher]
+        self.student = [_intkeys(d) for d in self.student]
+        self.relay = [_intkeys(d) for d in self.relay] + [{} for _ in range(n - len(self.relay))]
+        self.allreduce = [_intkeys(d) for d in self.allreduce] + [{} for _ in range(n - len(self.allreduce))]
+        self.memory = [_intkeys(d) for d in self.memory] + [{} for _ in range(n - len(self.memory))]
+        self.static_memory = [float(v) for v in self.static_memory] + [0.0] * (n - len(self.static_memory))
+        self.activation_bytes = ([float(v) for v in self.activation_bytes]
+                                 + [0.0] * (n + 1 - len(self.activation_bytes)))
+        self.barrier = _intkeys(self.barrier)
+        self.data = _intkeys(self.data)
+        self.modelled = tuple(self.modelled)
+        self.validate()
+
+    # ---- checks -------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` unless every block has positive teacher and student times."""
+        n = self.num_blocks
+        if n < 1:
+            raise ConfigError(f"a cost table needs at least one block, got num_blocks={n}")
+        for name in ("teacher", "student", "relay", "allreduce", "memory", "static_memory"):
+            if len(getattr(self, name)) != n:
+                raise ConfigError(f"cost table field {name!r} has {len(getattr(self, name))} entries for {n} blocks")
+        for name in ("teacher", "student"):
+            for i, pts in enumerate(getattr(self, name)):
+                if not pts:
+                    raise ConfigError(f"cost table has no {name} time for block {i}; re-run `python -m pipebd "
+                                      "profile` (every block must be measured at least at one batch size)")
+                bad = {b: t for b, t in pts.items() if b < 1 or not t > 0}
+                if bad:
+                    raise ConfigError(f"cost table {name} times of block {i} must be positive at batch sizes >= 1, "
+                                      f"got {bad}")
+        if self.data_per_sample < 0:
+            raise ConfigError(f"data_per_sample must be >= 0, got {self.data_per_sample}")
+
+    def gaps(self, devices: int | None = None) -> list[str]:
+        """Human-readable list of costs this table lacks (they are taken as zero / unknown)."""
+        out = []
+        n = self.num_blocks
+        if n > 1 and not any(self.relay[k] for k in range(1, n)):
+            out.append("no relay (point-to-point) times: relays are free")
+        if not any(self.allreduce):
+            out.append("no all-reduce times: gradient all-reduce is free")
+        elif devices is not None:
+            top = max((g for d in self.allreduce for g in d), default=1)
+            if devices > top:
+                out.append(f"all-reduce measured up to {top} ranks; larger groups scaled by the ring factor 2(g-1)/g")
+        if not any(self.memory):
+            out.append("no memory data: memory limits cannot be checked")
+        for kind in self.modelled:
+            out.append(f"{kind} times are modelled from bytes, not measured (a one-rank profile)")
+        single = [i for i in range(n) if min(len(self.teacher[i]), len(self.student[i])) == 1]
+        if single:
+            out.append(f"block(s) {', '.join(map(str, single))} measured at one batch size: other sizes scale "
+                       "proportionally (no fixed cost); profile with --replica-groups 4 or more")
+        lo = max((r[0] for r in map(self.measured_range, range(n)) if r), default=None)
+        if devices is not None and self.batch_size and lo is not None and -(-self.batch_size // devices) < lo:
+            out.append(f"per-replica batches below {lo} rows (ceil({self.batch_size}/{devices}) = "
+                       f"{-(-self.batch_size // devices)}) are extrapolated by the fitted fixed + per-sample model")
+        return out
+
+    def measured_range(self, block: int) -> tuple[int, int] | None:
+        """Smallest and largest row count block ``block``'s teacher or student was measured at."""
+        return _range({**self.teacher[block], **self.student[block]})
+
+    def extrapolates(self, rows: Iterable[float], blocks: Iterable[int] | None = None) -> bool:
+        """True if some row count lies outside the measured range of one of ``blocks`` (default: all)."""
+        rows = [r for r in rows if r > 0]
+        for i in range(self.num_blocks) if blocks is None else blocks:
+            lo, hi = self.measured_range(i)
+            if any(r < lo or r > hi for r in rows):
+                return True
+        return False
+
+    # ---- cost functions -----------------------------------------------------------------
+    def teacher_time(self, block: int, rows: float) -> float:
+        return _interp(self.teacher[block], rows) if rows > 0 else 0.0
+
+    def student_time(self, block: int, rows: float) -> float:
+        return _interp(self.student[block], rows) if rows > 0 else 0.0
+
+    def relay_time(self, boundary: int, rows: float) -> float:
+        """Seconds to receive ``rows`` rows of the activation entering block ``boundary``."""
+        pts = self.relay[boundary] if 0 <= boundary < self.num_blocks else {}
+        return _interp(pts, rows) if pts and rows > 0 else 0.0
+
+    def data_time(self, rows: float) -> float:
+        if self.data and rows > 0:
+            return _interp(self.data, rows)
+        return self.data_per_sample * rows
+
+    def allreduce_time(self, block: int, group: int) -> float:
+        if group <= 1:
+            return 0.0
+        pts = self.allreduce[block]
+        if not pts:
+            return 0.0
+        if group in pts:
+            return pts[group]
+        gs = sorted(pts)
+        if gs[0] < group < gs[-1]:
+            return _interp(pts, group)
+        ref = gs[-1] if group > gs[-1] else gs[0]
+        return pts[ref] * _ring(group) / _ring(ref) if ref > 1 else pts[ref]
+
+    def barrier_time(self, group: int) -> float:
+        if group <= 1 or not self.barrier:
+            return 0.0
+        if group in self.barrier:
+            return self.barrier[group]
+        gs = sorted(self.barrier)
+        ref = max((g for g in gs if g <= group), default=gs[0])
+        return self.barrier[ref] * math.log2(group) / math.log2(ref) if ref > 1 else self.barrier[ref]
+
+    def memory_bytes(self, block: int, rows: float) -> float | None:
+        """Peak bytes to train ``block`` alone on ``rows`` rows, or ``None`` if not measured."""
+        pts = self.memory[block]
+        return _interp(pts, rows, fixed=self.static_memory[block] or None) if pts else None
+
+    def feasible(self, block: int, rows: float) -> bool:
+        """False where the profile recorded an out-of-memory at or below ``rows`` rows."""
+        return not any(math.isinf(t) and b <= rows for b, t in self.student[block].items()) and \
+            not any(math.isinf(t) and b <= rows for b, t in self.teacher[block].items())
+
+    def batches(self) -> list[int]:
+        """Every row count measured for some block, ascending."""
+        return sorted({b for d in self.student + self.teacher for b in d})
+
+    # ---- serialisation ------------------------------------------------------------------
+    def to_rows(self) -> list[dict]:
+        """The tidy rows of :data:`CSV_COLUMNS` (one per measured quantity)."""
+        meta = {"workload": self.workload, "device_type": self.device_type, "devices": self.devices,
+                "batch_size": self.batch_size, "source": self.source}
+        rows: list[dict] = []
+
+        def add(kind, block=None, batch=None, group=None, seconds=None, nbytes=None, feasible=1):
+            rows.append({"kind": kind, "block": block, "batch": batch, "group": group, "seconds": seconds,
+                         "bytes": nbytes, "feasible": feasible, "ranks": None, "trials": None,
+                         "note": "modelled" if kind in self.modelled else "", **meta})
+
+        for i in range(self.num_blocks):
+            for b, t in sorted(self.teacher[i].items()):
+                add("teacher", i, b, seconds=None if math.isinf(t) else t, feasible=int(not math.isinf(t)))
+            for b, t in sorted(self.student[i].items()):
+                add("student", i, b, seconds=None if math.isinf(t) else t, feasible=int(not math.isinf(t)))
+            for b, t in sorted(self.relay[i].items()):
+                add("relay", i, b, seconds=t)
+            for g, t in sorted(self.allreduce[i].items()):
+                add("allreduce", i, group=g, seconds=t)
+            for b, m in sorted(self.memory[i].items()):
+                add("memory", i, b, nbytes=m)
+            if self.static_memory[i]:
+                add("static_memory", i, nbytes=self.static_memory[i])
+        for k, m in enumerate(self.activation_bytes):
+            if m:
+                add("activation", k, nbytes=m)
+        for b, t in sorted(self.data.items()):
+            add("data", batch=b, seconds=t)
+        if self.data_per_sample and not self.data:
+            add("data", batch=1, seconds=self.data_per_sample)
+        for g, t in sorted(self.barrier.items()):
+            add("barrier", group=g, seconds=t)
+        if self.capacity:
+            add("capacity", nbytes=self.capacity)
+        return rows
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Mapping]) -> "CostTable":
+        """Build a table from tidy rows; several rows of one quantity are combined by median."""
+        rows = list(rows)
+        if not rows:
+            raise ConfigError("the cost table is empty (no rows); re-run `python -m pipebd profile`")
+        acc: dict[tuple, list[float]] = defaultdict(list)
+        meta: dict[str, object] = {}
+        modelled: set[str] = set()
+        blocks = -1
+        for r in rows:
+            kind = str(r.get("kind", "")).strip()
+            if kind not in _KINDS:
+                raise ConfigError(f"unknown row kind {kind!r} in cost table; expected one of {', '.join(_KINDS)}")
+            block, batch, group = (_opt_int(r.get(c)) for c in ("block", "batch", "group"))
+            feasible = _opt_int(r.get("feasible"))
+            if kind in ("teacher", "student", "relay", "allreduce", "memory", "static_memory") and block is None:
+                raise ConfigError(f"cost table row of kind {kind!r} has no block: {dict(r)}")
+            if kind in ("teacher", "student", "memory"):
+                blocks = max(blocks, block)
+            is_bytes = kind in ("memory", "static_memory", "activation", "capacity")
+            value = _opt_float(r.get("bytes") if is_bytes else r.get("seconds"))
+            if feasible == 0 and kind in ("teacher", "student"):
+                value = math.inf
+            if value is None:
+                continue
+            acc[(kind, block, batch, group)].append(value)
+            if str(r.get("note") or "").startswith("modelled"):
+                modelled.add(kind)
+            for c in ("workload", "device_type", "source"):
+                if r.get(c) not in (None, "") and not _isnan(r.get(c)):
+                    meta.setdefault(c, str(r[c]))
+            for c in ("devices", "batch_size"):
+                if _opt_int(r.get(c)) is not None:
+                    meta.setdefault(c, _opt_int(r[c]))
+        n = blocks + 1
+        if n < 1:
+            raise ConfigError("the cost table has no teacher/student rows; re-run `python -m pipebd profile`")
+        teacher: list[dict] = [{} for _ in range(n)]
+        student: list[dict] = [{} for _ in range(n)]
+        relay: list[dict] = [{} for _ in range(n)]
+        allreduce: list[dict] = [{} for _ in range(n)]
+        memory: list[dict] = [{} for _ in range(n)]
+        static = [0.0] * n
+        act = [0.0] * (n + 1)
+        barrier: dict[int, float] = {}
+        data_ps: list[float] = []
+        data: dict[int, float] = {}
+        capacity = 0.0
+        for (kind, block, batch, group), vals in acc.items():
+            v = _median(vals)
+            if kind in ("teacher", "student", "relay", "memory"):
+                if batch is None or batch < 1:
+                    raise ConfigError(f"cost table row {kind} block {block} needs a batch size >= 1")
+                if block >= n and kind == "relay":
+                    continue
+                {"teacher": teacher, "student": student, "relay": relay, "memory": memory}[kind][block][batch] = v
+            elif kind == "allreduce":
+                allreduce[block][group or 1] = v
+            elif kind == "static_memory":
+                static[block] = v
+            elif kind == "activation":
+                if block is not None and block <= n:
+                    act[block] = v
+            elif kind == "data":
+                data_ps.append(v / (batch or 1))
+                if batch:
+                    data[batch] = v
+            elif kind == "capacity":
+                capacity = v
+            elif kind == "barrier":
+                barrier[group or 1] = v
+        return cls(num_blocks=n, teacher=teacher, student=student,
+                   data_per_sample=_median(data_ps) if data_ps else 0.0, relay=relay, allreduce=allreduce,
+                   memory=memory, static_memory=static, activation_bytes=act, barrier=barrier,
+                   workload=str(meta.get("workload", "")), device_type=str(meta.get("device_type", "")),
+                   devices=int(meta.get("devices", 0) or 0), batch_size=int(meta.get("batch_size", 0) or 0),
+                   source=str(meta.get("source", "")), data=data if len(data) > 1 else {}, capacity=capacity,
+                   modelled=tuple(k for k in _KINDS if k in modelled))
+
+    def to_csv(self, path: str) -> None:
+        write_csv(path, self.to_rows(), CSV_COLUMNS)
+
+    @classmethod
+    def from_csv(cls, path: str) -> "CostTable":
+        """Read a profile CSV written by ``python -m pipebd profile`` (or :meth:`to_csv`)."""
+        if not os.path.isfile(path):
+            raise ConfigError(f"profile {path!r} does not exist; write one with `python -m pipebd profile "
+                              f"--workload W --devices N --batch-size B --out {path}`")
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = {"kind", "block", "batch", "seconds"} - set(reader.fieldnames or ())
+            if missing:
+                raise ConfigError(f"{path!r} is not a pipebd profile CSV: columns {sorted(missing)} are missing "
+                                  f"(expected {', '.join(CSV_COLUMNS)})")
+            return cls.from_rows(list(reader))
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d["teacher"] = [{str(k): (None if math.isinf(v) else v) for k, v in x.items()} for x in self.teacher]
+        d["student"] = [{str(k): (None if math.isinf(v) else v) for k, v in x.items()} for x in self.student]
+        return json.dumps(d, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "CostTable":
+        d = json.loads(text)
+        for name in ("teacher", "student"):
+            d[name] = [{int(k): (math.inf if v is None else v) for k, v in x.items()} for x in d[name]]
+        return cls(**d)
+
+    def restricted(self, blocks: Sequence[int]) -> "CostTable":
+        """A table of a contiguous subset of blocks (renumbered from 0)."""
+        lo, hi = blocks[0], blocks[-1] + 1
+        return dataclasses.replace(self, num_blocks=hi - lo, teacher=self.teacher[lo:hi], student=self.student[lo:hi],
+                                   relay=self.relay[lo:hi], allreduce=self.allreduce[lo:hi],
+                                   memory=self.memory[lo:hi], static_memory=self.static_memory[lo:hi],
+                                   activation_bytes=self.activation_bytes[lo:hi + 1])
+
+
+def _opt_int(v) -> int | None:
+    if v is None or v == "" or _isnan(v):
+        return None
+    return int(float(v))
+
+
+def _opt_float(v) -> float | None:
+    if v is None or v == "" or _isnan(v):
+        return None
+    return float(v)
+
+
+def _isnan(v) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def _median(vals: Sequence[float]) -> float:
+    s = sorted(vals)
+    m = len(s) // 2
+    return s[m] if len(s) % 2 else (s[m - 1] + s[m]) / 2
+
+
+def write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
+    """Write ``rows`` to ``path`` atomically (:func:`pipebd.fileio.atomic_write_text`)."""
+    from ..fileio import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in columns})
+    atomic_write_text(os.path.abspath(path), buf.getvalue())

@@ -1,0 +1,104 @@
+"""The grid: a profile expanded into its run units (one strategy on one (workload, batch size,
+device count) in one repeat, in execution order: groups, then repeats, then rotated strategies)
+and the :class:`~pipebd.config.RunConfig` of a unit and of a group's profiling.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+
+from ..config import RunConfig
+from .load import _facts
+from .spec import ProfileSpec, WorkloadSpec
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One run of an experiment: a strategy on one (workload, batch, devices) in one repeat."""
+
+    workload: WorkloadSpec
+    strategy: str
+    devices: int
+    batch_size: int
+    repeat: int
+    steps: int
+    warmup: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.workload.key}|b{self.batch_size}|n{self.devices}|r{self.repeat}|{self.strategy}"
+
+    @property
+    def group(self) -> tuple[str, int, int]:
+        return (self.workload.key, self.batch_size, self.devices)
+
+
+def rotated(items: typing.Sequence[str], k: int) -> list[str]:
+    """``items`` starting at index ``k mod len``: repeat ``k``'s interleaving order."""
+    if not items:
+        return []
+    k %= len(items)
+    return list(items[k:]) + list(items[:k])
+
+
+def _groups(prof: ProfileSpec) -> list[tuple[WorkloadSpec, int, int]]:
+    out = []
+    for w in prof.workloads:
+        for b in (w.batch_sizes if w.batch_sizes is not None else prof.batch_sizes):
+            for n in prof.devices:
+                out.append((w, b, n))
+    return out
+
+
+def plan_units(prof: ProfileSpec) -> list[Unit]:
+    """Every run of the profile, in execution order: groups, then repeats, then rotated strategies."""
+    units = []
+    for w, b, n in _groups(prof):
+        steps = w.steps if w.steps is not None else prof.steps
+        warmup = w.warmup if w.warmup is not None else prof.warmup
+        for r in range(prof.repeats):
+            for s in rotated(prof.strategies, r):
+                units.append(Unit(w, s, n, b, r, steps, warmup))
+    return units
+
+
+def unit_config(prof: ProfileSpec, unit: Unit, *, out: str, tag: str, profile_csv: str | None = None,
+                ideal_seconds_per_sample: float | None = None) -> RunConfig:
+    """The run of ``unit``: the profile's options (and its strategy's), the unit's sizes, the group's
+    cost profile (``profile_csv``) and ideal seconds per sample (the run record carries it)."""
+    w = unit.workload
+    kw = dict(prof.options)
+    kw.update(prof.strategy_options.get(unit.strategy, {}))
+    return RunConfig(workload=w.name, strategy=unit.strategy, devices=unit.devices, batch_size=unit.batch_size,
+                     steps=unit.steps, warmup=unit.warmup, resolution=w.resolution, width_mult=w.width_mult,
+                     num_classes=w.num_classes, out=out, tag=tag, quiet=True, profile=profile_csv,
+                     ideal_seconds_per_sample=ideal_seconds_per_sample, **kw)
+
+
+def _group_config(prof: ProfileSpec, w: WorkloadSpec, batch: int, devices: int) -> RunConfig:
+    """The profile's configuration of one group: at least as many trials as the runs measure
+    steps (they start at the runs' first measured step, so a supernet times the same paths)."""
+    kw = {k: v for k, v in prof.options.items()}
+    steps = w.steps if w.steps is not None else prof.steps
+    return RunConfig(workload=w.name, strategy="sequential", devices=devices, batch_size=batch,
+                     steps=max(prof.profile_steps, steps), warmup=prof.profile_warmup, resolution=w.resolution,
+                     width_mult=w.width_mult, num_classes=w.num_classes, quiet=True, **kw)
+
+
+def input_resolution(cfg: RunConfig) -> int:
+    """The input resolution ``cfg``'s workload really uses (its default when ``cfg.resolution`` is None)."""
+    return _facts(cfg)[1]
+
+
+def _canon(name: str) -> str:
+    from ..zoo import canonical_name
+
+    return canonical_name(name)
+
+
+def _canon_or_same(name: str) -> str:
+    try:
+        return _canon(name)
+    except ValueError:
+        return name

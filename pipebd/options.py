@@ -1,0 +1,50 @@
+"""What a :class:`~pipebd.config.RunConfig` asks of the layers above it: the zoo's
+:class:`~pipebd.zoo.WorkloadOptions`, the workload's block count and the data layer's
+:class:`~pipebd.data.DataConfig`.
+
+It sits just above config (it imports only config, zoo and data), so the planner, the
+profiler, the runner and :mod:`pipebd.preflight` share one reading of the run options, and
+config itself imports nothing of ours but :mod:`pipebd.errors`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import RunConfig
+from .data import DataConfig
+from .zoo import Workload, WorkloadOptions, build_workload
+
+__all__ = ["workload_options", "workload_num_blocks", "data_config"]
+
+_BLOCK_COUNTS: dict[tuple, int] = {}
+
+
+def workload_options(cfg: RunConfig) -> WorkloadOptions:
+    """The zoo options of ``cfg``'s workload."""
+    return WorkloadOptions(resolution=cfg.resolution, width_mult=cfg.width_mult, num_classes=cfg.num_classes,
+                           teacher_weights=cfg.teacher_weights, seed=cfg.seed, student_bn=cfg.student_bn,
+                           nas_zero=cfg.nas_zero)
+
+
+def workload_num_blocks(cfg: RunConfig) -> int:
+    """Number of blocks of ``cfg``'s workload (built once on the meta device, cached)."""
+    key = (cfg.workload, cfg.resolution, cfg.width_mult, cfg.num_classes)
+    if key not in _BLOCK_COUNTS:
+        with torch.device("meta"):
+            wl = build_workload(cfg.workload, WorkloadOptions(resolution=cfg.resolution, width_mult=cfg.width_mult,
+                                                              num_classes=cfg.num_classes), probe=False)
+        _BLOCK_COUNTS[key] = wl.num_blocks
+    return _BLOCK_COUNTS[key]
+
+
+def data_config(cfg: RunConfig, workload: Workload | None = None) -> DataConfig:
+    """The data configuration of ``cfg`` (resolution/classes follow the workload when built)."""
+    stands_in = "cifar10" if workload is None else workload.default_dataset
+    if stands_in == "synthetic":
+        stands_in = "cifar10"
+    res = workload.input_shape[-1] if workload is not None else (cfg.resolution or 32)
+    classes = workload.num_classes if workload is not None else (cfg.num_classes or 10)
+    return DataConfig(source=cfg.data, root=cfg.data_root, resolution=res, num_classes=classes,
+                      size=cfg.data_size, stands_in_for=stands_in, augment=cfg.augment, seed=cfg.seed,
+                      device=cfg.device_type)

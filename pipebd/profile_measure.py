@@ -1,0 +1,515 @@
+"""What one profiling rank measures (:mod:`pipebd.profiler` launches the ranks and writes the table).
+
+Every rank measures *at the same time*, so contention for cores, memory bandwidth and the
+interconnect is part of every number; every rank calls the same collectives in the same order
+and starts each configuration at the same barrier:
+
+- for each block ``i`` and each candidate per-replica batch ``b = ceil(B/g)``,
+  ``g = 1..G`` (``G = --replica-groups``, default ``max(N, 4)``, so even a 1- or 2-rank profile
+  has at least three sizes and :mod:`pipebd.costfit` can separate a block's fixed cost from its
+  per-sample cost): teacher forward seconds and student train-step seconds (a fresh
+  :class:`~pipebd.distill.BlockTrainer`: forward + loss + backward + SGD step). Each block is
+  first warmed (``--warmup`` untimed steps; supernet students also run one step on each choice
+  index of every cell, so every candidate op is warm); then ``--steps`` timed trials each run
+  the whole chain as a relay stage does (the teacher blocks on fresh activations, then every
+  student), reporting the median (the mean over sampled paths for supernets). CUDA events
+  time the compute on GPU, ``perf_counter`` on CPU;
+- peak memory of each (block, batch): on CUDA, ``torch.cuda.max_memory_allocated`` during the
+  configuration minus what was resident before it, plus the block's parameters and its
+  input/target activations; on CPU an *estimate* — parameters + momentum + gradients +
+  input/target activations + the bytes autograd saves for backward (counted with
+  ``torch.autograd.graph.saved_tensors_hooks``). Out of memory is a property of a *stage*
+  configuration (:func:`pipebd.costmodel.stage_memory`), so an out-of-memory with every block
+  resident does not condemn a block: the ranks agree to re-measure from then on in *lean*
+  mode, each block with only its own teacher and student on the device (the others offloaded
+  to the host), and only a block that does not fit even alone is marked infeasible;
+- relay: half the round trip of a real ``send``/``recv`` ping-pong of the activation entering
+  each block, for each candidate batch, on rank pairs (0,1), (2,3), … simultaneously;
+- all-reduce of each block's student gradients (a flat buffer of the gradient bytes one step
+  produces) over groups ``{0..g-1}`` made with ``dist.new_group``, for ``g = 2..N``;
+- data loading at each candidate batch (each rank loads its own shards) and a barrier.
+
+With one rank there is nothing to send: relay, all-reduce (``g = 2..G``) and barrier rows are
+*modelled* instead — ``latency + bytes / bandwidth`` point to point, the ring all-reduce
+``2(g-1)·latency + 2(g-1)/g · bytes / bandwidth``, ``latency · log2 g`` — with the device
+constants of :data:`pipebd.costmodel.ESTIMATE_SPECS`, and their ``note`` column says so.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .comm import allreduce_sum_, transport_device
+from .config import RunConfig
+from .data import DataSource
+from .distill import BlockTrainer, OptimConfig
+from .faults import Heartbeat, parse_fault
+from .options import data_config, workload_options
+from .costmodel import ESTIMATE_SPECS, candidate_batches
+from .zoo import build_workload
+
+__all__ = ["RankProfiler", "ProfileOptions", "MIN_REPLICA_GROUPS"]
+
+#: Fewest replica groups a profile covers (per-replica batches B, B/2, B/3, B/4): three or more
+#: sizes let the cost model fit a fixed + per-sample cost (:mod:`pipebd.costfit`).
+MIN_REPLICA_GROUPS = 4
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    out: str  # the CSV to write
+    trials: int = 7  # timed repetitions of each compute configuration
+    warmup: int = 2  # untimed repetitions before them
+    comm_trials: int = 10  # timed repetitions of each relay / all-reduce / barrier
+    replica_groups: int | None = None  # per-replica batches ceil(B/g), g = 1..G; None: max(ranks, 4)
+    #: step index (so NAS path) of the first timed trial; trial k times step first_step + k. Give a
+    #: run's first measured step (its --warmup) and trials = its --steps, and a supernet's profiled
+    #: cost is that of exactly the paths the run trains. None: max(1, warmup).
+    first_step: int | None = None
+
+    @classmethod
+    def for_config(cls, cfg: RunConfig, out: str, *, quick: bool = False,
+                   replica_groups: int | None = None, first_step: int | None = None) -> "ProfileOptions":
+        if quick:
+            return cls(out=out, trials=2, warmup=1, comm_trials=3, replica_groups=replica_groups,
+                       first_step=first_step)
+        return cls(out=out, trials=cfg.steps, warmup=cfg.warmup, comm_trials=max(5, cfg.steps),
+                   replica_groups=replica_groups, first_step=first_step)
+
+    def groups(self, devices: int) -> int:
+        """``G``: the largest replica group whose per-replica batch is profiled."""
+        return self.replica_groups if self.replica_groups is not None else max(devices, MIN_REPLICA_GROUPS)
+
+    def batches(self, batch_size: int, devices: int) -> list[int]:
+        """The per-replica batch sizes profiled: ``ceil(B/g)`` for ``g = 1..G``, distinct, descending."""
+        return candidate_batches(batch_size, self.groups(devices))
+
+
+def _is_oom(e: BaseException) -> bool:
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return True
+    msg = str(e)
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in msg or "not enough memory" in msg)
+
+
+def _nbytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+
+
+class RankProfiler:
+    """What one rank measures; every rank calls the same collectives in the same order.
+
+    ``heartbeat`` (a :class:`~pipebd.faults.Heartbeat`, when spawned by :mod:`pipebd.launch`)
+    is beaten after every timed trial and at every configuration boundary, so a long profile
+    is never mistaken for a stall, while a rank that stops making progress still is."""
+
+    def __init__(self, rank: int, world: int, device: torch.device, cfg: RunConfig, opts: "ProfileOptions", *,
+                 heartbeat: Heartbeat | None = None):
+        self.rank, self.world, self.device, self.cfg, self.opts = rank, world, device, cfg, opts
+        self._beat = heartbeat.beat if heartbeat is not None else (lambda: None)
+        fault = parse_fault(cfg.inject_fault, world)
+        self.fault = fault if fault is not None and fault.rank == rank else None
+        self.configs = 0  # configuration boundaries passed (every rank passes the same ones)
+        self.cuda = device.type == "cuda"
+        self.wl = build_workload(cfg.workload, workload_options(cfg))
+        self.n = self.wl.num_blocks
+        self.data = DataSource(data_config(cfg, self.wl), cfg.batch_size)
+        self.teachers = [t.to(device) for t in self.wl.teacher]
+        self.students = [s.to(device) for s in self.wl.student]
+        self.batches = opts.batches(cfg.batch_size, world)
+        self.groups = opts.groups(world)
+        self.act_bytes = [math.prod(s) * 4 for s in self.wl.boundary_shapes]  # float32 per sample
+        self.grad_bytes = [0] * self.n
+        self.rows: list[dict] = []
+        self.lean = False  # one block resident at a time (after an out-of-memory with all resident)
+
+    def _row(self, kind: str, **kw) -> None:
+        self.rows.append({"kind": kind, "rank": self.rank, **kw})
+
+    def _boundary(self) -> None:
+        """Between two measured configurations: progress for the heartbeat, the point where
+        ``--inject-fault RANK:K:KIND`` fires (after configuration K, counted from 0, as a run
+        counts steps), then a barrier, so every rank starts the next one together."""
+        self._beat()
+        if self.fault is not None and self.configs == self.fault.step + 1:
+            self.fault.fire()
+        self.configs += 1
+        dist.barrier()
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def _time(self, fn) -> float:
+        """Seconds ``fn`` takes (CUDA events on GPU)."""
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            self._beat()
+            return start.elapsed_time(end) / 1e3
+        t0 = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - t0
+        self._beat()
+        return seconds
+
+    def _wall(self, fn) -> float:
+        """Wall seconds of ``fn`` including the device finishing it (communication)."""
+        self._sync()
+        t0 = time.perf_counter()
+        fn()
+        self._sync()
+        seconds = time.perf_counter() - t0
+        self._beat()
+        return seconds
+
+    def run(self) -> list[dict]:
+        groups = {g: dist.new_group(list(range(g))) for g in range(2, self.world + 1)}
+        if self.rank == 0:
+            for k, nb in enumerate(self.act_bytes):
+                self._row("activation", block=k, bytes=nb)
+            for i in range(self.n):
+                self._row("static_memory", block=i, bytes=_nbytes(self.teachers[i]) + 2 * _nbytes(self.students[i]))
+            from .planner import memory_limit_for
+
+            capacity, source = memory_limit_for(self.cfg)
+            if capacity is not None:
+                self._row("capacity", bytes=capacity, note=source)
+        self._data()
+        for b in self.batches:
+            self._compute(b)
+        self._relay()
+        self._allreduce(groups)
+        self._barrier()
+        return self.rows
+
+    # ---- measurements -------------------------------------------------------------------
+    def _data(self) -> None:
+        trials = self.opts.comm_trials
+        for k, b in enumerate(self.batches):
+            self._boundary()
+            self.data.load(self.rank, 0, b)
+            times = [self._wall(lambda s=s: self.data.load((k * self.world + self.rank) * trials + s + 1, 0, b))
+                     for s in range(trials)]
+            self._row("data", batch=b, seconds=statistics.median(times))
+
+    def _compute(self, b: int) -> None:
+        """Every block at ``b`` rows; lean (one block resident) once any rank ran out of memory."""
+        if not self.lean:
+            start = len(self.rows)
+            oom = self._compute_resident(b)
+            flags: list = [None] * self.world
+            dist.all_gather_object(flags, oom)
+            if not any(flags):
+                return
+            del self.rows[start:]  # re-measured below, each block on its own
+            self.lean = True
+            self._free()
+        self._compute_lean(b)
+
+    def _warm_step(self) -> int:
+        """The step of the untimed warm-up trial: trial k (1..trials) times step ``start + k``."""
+        return self.opts.first_step - 1 if self.opts.first_step is not None else max(1, self.opts.warmup)
+
+    def _first_input(self, b: int) -> torch.Tensor | None:
+        """``b`` rows of a batch on the device, or None if even that ran out of memory."""
+        try:
+            return self.data.load(0, 0, b)[0].to(self.device)
+        except Exception as e:  # noqa: BLE001
+            if not _is_oom(e):
+                raise
+            return None
+
+    def _compute_resident(self, b: int) -> bool:
+        """Every block resident, the chain timed as a stage runs it; True if something ran out of memory."""
+        oom = False
+        self._boundary()
+        x = self._first_input(b)
+        x0, chain = x, {}  # chain: block -> trainer, for the blocks feasible at this batch
+        for i in range(self.n):
+            self._boundary()  # every rank starts each configuration together (contention included)
+            if x is None:  # an earlier teacher block ran out of memory at this batch
+                self._infeasible(i, b)
+                continue
+            try:
+                y = self._teacher(i, x)
+            except Exception as e:  # noqa: BLE001
+                if not _is_oom(e):
+                    raise
+                self._infeasible(i, b)
+                x, oom = None, True
+                self._free()
+                continue
+            try:
+                trainer, mem, method = self._student(i, x, y)
+                chain[i] = trainer
+                self._row("memory", block=i, batch=b, bytes=mem, note=method)
+            except Exception as e:  # noqa: BLE001
+                if not _is_oom(e):
+                    raise
+                self._row("student", block=i, batch=b, feasible=0, note="out of memory")
+                self._row("memory", block=i, batch=b, feasible=0, note="out of memory")
+                oom = True
+                self._free()
+            x = y
+        return self._time_chain(b, x0, chain) or oom  # x0 None: barriers only, so every rank meets them
+
+    def _compute_lean(self, b: int) -> None:
+        """Each block alone on the device (teacher ``i`` and student ``i``; the rest on the host):
+        teacher times on the relayed activation, then the student's; infeasible only if it does not
+        fit alone (later blocks then have no input at this size)."""
+        self._boundary()
+        x = self._first_input(b)
+        note = "measured alone (other blocks offloaded)"
+        start = self._warm_step()
+        for i in range(self.n):
+            self._boundary()
+            if x is None:
+                self._infeasible(i, b)
+                continue
+            self._only(i)
+            try:
+                y = self._teacher(i, x)
+                with torch.no_grad():
+                    t_times = [self._time(lambda: self.teachers[i](x)) for _ in range(self.opts.trials)]
+            except Exception as e:  # noqa: BLE001
+                if not _is_oom(e):
+                    raise
+                self._infeasible(i, b)
+                x = None
+                self._free()
+                continue
+            self._row("teacher", block=i, batch=b, seconds=statistics.median(t_times), note=note)
+            try:
+                trainer, mem, method = self._student(i, x, y)
+
+                def step(k: int) -> None:
+                    trainer.begin(k)
+                    trainer.accumulate(x, y)
+                    trainer.apply()
+
+                s_times = [self._time(lambda k=k: step(start + k)) for k in range(1, self.opts.trials + 1)]
+                central = statistics.mean if getattr(self.students[i], "is_supernet", False) else statistics.median
+                self._row("student", block=i, batch=b, seconds=central(s_times), note=note)
+                self._row("memory", block=i, batch=b, bytes=mem, note=f"{method}; {note}")
+                del trainer
+            except Exception as e:  # noqa: BLE001
+                if not _is_oom(e):
+                    raise
+                self._row("student", block=i, batch=b, feasible=0, note="out of memory alone")
+                self._row("memory", block=i, batch=b, feasible=0, note="out of memory alone")
+            self._free()
+            x = y
+
+    def _only(self, i: int) -> None:
+        """Teacher and student ``i`` on the device, every other block on the host."""
+        host = torch.device("cpu")
+        for j in range(self.n):
+            where = self.device if j == i else host
+            self.students[j].zero_grad(set_to_none=True)
+            self.teachers[j].to(where)
+            self.students[j].to(where)
+        if self.cuda:
+            torch.cuda.empty_cache()
+
+    def _time_chain(self, b: int, x0: torch.Tensor | None, chain: dict[int, BlockTrainer]) -> bool:
+        """Time teacher and student of every block the way a Pipe-BD stage executes them: per
+        trial, the teacher chain on fresh activations, then every student, all ranks at once.
+        (Timing each block in isolation on a reused input measured memory-bound teacher blocks
+        up to 1.5x slower than runs pay: caches and bandwidth contention differ.)
+        A supernet's step time depends on the sampled path, so it reports the mean over trials
+        (the expected cost a run pays); everything else reports the median. Returns True (and
+        records nothing) if the chain ran out of memory; every rank still meets every barrier.
+        """
+        t_times: dict[int, list[float]] = {i: [] for i in range(self.n)}
+        s_times: dict[int, list[float]] = {i: [] for i in chain}
+        start = self._warm_step()
+        failed = x0 is None
+        for trial in range(self.opts.trials + 1):  # the first pass only warms the chain
+            self._boundary()
+            if failed:
+                continue
+            acts = [x0]
+            try:
+                for i in range(self.n):
+                    with torch.no_grad():
+                        box = []
+                        t = self._time(lambda: box.append(self.teachers[i](acts[-1])))
+                    acts.append(box[0])
+                    if trial:
+                        t_times[i].append(t)
+                for i, tr in chain.items():
+                    def step(k: int = start + trial) -> None:
+                        tr.begin(k)
+                        tr.accumulate(acts[i], acts[i + 1])
+                        tr.apply()
+
+                    st = self._time(step)
+                    if trial:
+                        s_times[i].append(st)
+            except Exception as e:  # noqa: BLE001
+                if not _is_oom(e):
+                    raise
+                failed = True
+            del acts
+        if failed:
+            chain.clear()
+            self._free()
+            return True
+        for i in range(self.n):
+            self._row("teacher", block=i, batch=b, seconds=statistics.median(t_times[i]))
+            if i in chain:
+                supernet = getattr(chain[i].block, "is_supernet", False)
+                central = statistics.mean if supernet else statistics.median
+                self._row("student", block=i, batch=b, seconds=central(s_times[i]))
+        chain.clear()
+        return False
+
+    def _infeasible(self, i: int, b: int) -> None:
+        for kind in ("teacher", "student", "memory"):
+            self._row(kind, block=i, batch=b, feasible=0, note="out of memory")
+
+    def _free(self) -> None:
+        for s in self.students:
+            s.zero_grad(set_to_none=True)
+        if self.cuda:
+            torch.cuda.empty_cache()
+
+    @torch.no_grad()
+    def _teacher(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        blk = self.teachers[i]
+        for _ in range(self.opts.warmup):
+            blk(x)
+        return blk(x)
+
+    def _student(self, i: int, x: torch.Tensor, y: torch.Tensor) -> tuple[BlockTrainer, float, str]:
+        cfg, block = self.cfg, self.students[i]
+        if self.cuda:
+            self._sync()
+            base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        trainer = BlockTrainer(index=i, block=block, last=i == self.n - 1, total_steps=10**6, seed=cfg.seed,
+                               optim=OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay))
+        if getattr(block, "is_supernet", False):
+            # one step on every choice index of every cell, so each candidate op has run once
+            for c in range(max(block.choices_per_cell)):
+                block.set_path(tuple(min(c, m - 1) for m in block.choices_per_cell))
+                trainer.accumulate(x, y)
+                trainer.apply()
+        grad_bytes, saved = [], 0
+        for s in range(max(1, self.opts.warmup)):
+            trainer.begin(s)
+            if s == 0 and not self.cuda:
+                saved = _saved_bytes(lambda: trainer.accumulate(x, y), block)
+            else:
+                trainer.accumulate(x, y)
+            grad_bytes.append(sum(g.numel() * g.element_size() for g in trainer.grads()))
+            trainer.apply()
+        self.grad_bytes[i] = max(self.grad_bytes[i], int(statistics.mean(grad_bytes)))
+
+        io_bytes = x.numel() * x.element_size() + y.numel() * y.element_size()
+        params = _nbytes(self.teachers[i]) + _nbytes(block)
+        if self.cuda:
+            self._sync()
+            mem = torch.cuda.max_memory_allocated(self.device) - base + params + io_bytes
+            method = "cuda max_memory_allocated"
+        else:
+            mem = _nbytes(self.teachers[i]) + 2 * _nbytes(block) + max(grad_bytes) + io_bytes + saved
+            method = "cpu estimate: params+momentum+grads+io+saved activations"
+        return trainer, float(mem), method
+
+    def _modelled(self) -> None:
+        """One rank: relay, all-reduce and barrier rows from bytes and :data:`ESTIMATE_SPECS` constants."""
+        spec = ESTIMATE_SPECS.get(self.cfg.device_type, ESTIMATE_SPECS["cpu"])
+        lat, p2p, ar = spec.latency_s, spec.p2p_bytes_per_s, spec.allreduce_bytes_per_s
+        why = "(one rank profiled, nothing to send)"
+        for k in range(1, self.n):
+            for b in self.batches:
+                nbytes = self.act_bytes[k] * b
+                self._row("relay", block=k, batch=b, seconds=lat + nbytes / p2p, bytes=nbytes,
+                          note=f"modelled: {lat:g} s + bytes / {p2p:g} B/s {why}")
+        for i, nbytes in enumerate(self.grad_bytes):
+            for g in range(2, self.groups + 1):
+                self._row("allreduce", block=i, group=g, bytes=nbytes,
+                          seconds=2 * (g - 1) * lat + 2 * (g - 1) / g * nbytes / ar,
+                          note=f"modelled: ring 2(g-1)*{lat:g} s + 2(g-1)/g * bytes / {ar:g} B/s {why}")
+        for g in range(2, self.groups + 1):
+            self._row("barrier", group=g, seconds=lat * math.log2(g), note=f"modelled: {lat:g} s * log2(g) {why}")
+
+    def _relay(self) -> None:
+        if self.world < 2:
+            return self._modelled()
+        paired = self.rank < self.world - self.world % 2
+        partner = self.rank ^ 1
+        for k in range(1, self.n):
+            shape = self.wl.boundary_shapes[k]
+            for b in self.batches:
+                self._boundary()
+                if self.world < 2 or not paired:
+                    continue
+                buf = torch.zeros((b, *shape), device=transport_device(self.device))
+
+                def pingpong() -> None:
+                    if self.rank % 2 == 0:
+                        dist.send(buf, partner)
+                        dist.recv(buf, partner)
+                    else:
+                        dist.recv(buf, partner)
+                        dist.send(buf, partner)
+
+                pingpong()
+                times = [self._wall(pingpong) / 2 for _ in range(self.opts.comm_trials)]
+                if self.rank % 2 == 0:
+                    self._row("relay", block=k, batch=b, seconds=statistics.median(times),
+                              bytes=buf.numel() * buf.element_size())
+
+    def _allreduce(self, groups: dict) -> None:
+        sizes = [self.grad_bytes]
+        dist.broadcast_object_list(sizes, src=0)  # every rank reduces the same buffer sizes
+        for i, nbytes in enumerate(sizes[0]):
+            numel = max(1, int(nbytes) // 4)
+            for g in range(2, self.world + 1):
+                self._boundary()
+                if self.rank >= g:
+                    continue
+                buf = torch.ones(numel, device=self.device)
+                allreduce_sum_([buf], group=groups[g])  # as runs reduce (staged through the host if sharing GPUs)
+                times = [self._wall(lambda: allreduce_sum_([buf], group=groups[g]))
+                         for _ in range(self.opts.comm_trials)]
+                self._row("allreduce", block=i, group=g, seconds=statistics.median(times), bytes=numel * 4)
+
+    def _barrier(self) -> None:
+        if self.world < 2:
+            return
+        self._boundary()
+        times = [self._wall(dist.barrier) for _ in range(self.opts.comm_trials)]
+        self._row("barrier", group=self.world, seconds=statistics.median(times))
+
+
+def _saved_bytes(fn, block: torch.nn.Module) -> int:
+    """Bytes of the non-parameter tensors autograd saves for backward while ``fn`` runs."""
+    params = {p.data_ptr() for p in block.parameters()}
+    seen: set[tuple[int, int]] = set()
+    total = 0
+
+    def pack(t: torch.Tensor):
+        nonlocal total
+        key = (t.data_ptr(), t.numel())
+        if t.data_ptr() not in params and key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
