@@ -45,7 +45,7 @@ def test_quick_profile_of_tiny_on_two_ranks(tmp_path):
     # later runs reuse it
     cfg = RunConfig(workload="tiny", devices=2, batch_size=8, profile=out)
     plan_for(cfg).validate(num_blocks=4, devices=2, batch_size=8)
-    predicted = predict_all(costs, 2, 8, 10, skip_unpredictable=True)  # e.g. ls-paper needs 4 devices, 6 blocks
+    predicted = predict_all(costs, 2, 8, 10, skip_unpredictable=True)  # a strategy may refuse the shape
     assert {p.strategy for p in predicted} >= {"dp", "tr", "tr-dpu", "ahd", "ideal"}
 
 

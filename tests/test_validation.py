@@ -394,7 +394,7 @@ def test_verify_runs_the_valid_strategies_and_says_why_the_others_cannot(fake_la
     assert "tr" not in ran and "tr-dpu" not in ran and {"dp", "ls", "ahd"} <= set(ran)
     invalid = next(line for line in out.splitlines() if line.startswith("INVALID (not run): "))
     names = set(invalid.removeprefix("INVALID (not run): ").split(", "))
-    assert {"tr", "tr-dpu"} <= names and not names & {"dp", "ls", "ahd"}, invalid  # ls-paper: 4 devices only
+    assert {"tr", "tr-dpu"} <= names and not names & {"dp", "ls", "ahd"}, invalid
 
 
 def test_verify_with_an_error_every_strategy_shares_exits_2(fake_launch, capsys):

@@ -50,7 +50,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         for s in strategies:
             try:
                 preds.append(predict(s, costs, n, batch, steps, inflight=args.inflight, memory_limit_bytes=limit))
-            except ConfigError as e:  # a shape this strategy refuses (ls-paper off 4x6, ls with N > blocks, ...)
+            except ConfigError as e:  # a shape this strategy refuses (e.g. ls with N > blocks)
                 table[s][n] = f"{'n/a':>10}"
                 skipped.append(f"  N={n}: {s}: {' '.join(str(e).split())[:160]}")
         skipped_all.extend(skipped)

@@ -92,7 +92,7 @@ def _predictions(costs, devices_list, batch: int, steps: int, inflight: int, str
     out = {}
     for n in devices_list:
         try:
-            # a strategy that refuses a shape (ls-paper off 4 x 6, ls with N > blocks) is left out of that N
+            # a strategy that refuses a shape (e.g. ls with N > blocks) is left out of that N
             out[n] = predict_all(costs, n, batch, steps, inflight=inflight, strategies=strategies,
                                  skip_unpredictable=True)
         except Exception as e:  # noqa: BLE001 — e.g. more devices than rows

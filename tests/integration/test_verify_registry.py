@@ -2,8 +2,8 @@
 edit here — trains the same student weights (and NAS paths) as the sequential reference with
 the strategy's per-replica split, at N = 2 and 3 on ``tiny`` and on the supernet ``tiny-nas``.
 
-A strategy that refuses both ``tiny`` shapes (``ls-paper`` is the authors' 4-device, 6-block map)
-is verified on the paper's shape instead (the 6-block nas-cifar10 at N = 4, 16 px), so every
+A strategy that refuses both ``tiny`` shapes (e.g. a map written for the paper's 4 devices and 6
+blocks) is verified on the paper's shape instead (the 6-block nas-cifar10 at N = 4, 16 px), so every
 registered strategy is verified somewhere. References are shared between strategies with the
 same split (one spawn each), so the whole registry costs one run per (strategy, shape).
 """

@@ -58,12 +58,12 @@ def test_one_device_dp_is_sequential_plus_its_redundant_teacher_and_data():
     # on one device the pipelined strategies are the sequential reference; ls, like dp, trains
     # block after block with its own data and teacher prefix
     one = {x.strategy: x.epoch_s for x in predict_all(costs, 1, B, STEPS)}
-    for name in ("tr", "tr-dpu", "ahd", "even"):
+    for name in ("tr", "tr-dpu", "ahd"):
         assert one[name] == pytest.approx(seq, rel=1e-9), name
     assert one["ls"] == pytest.approx(dp, rel=1e-12)
 
 
-@pytest.mark.parametrize("name", ["sequential", "dp", "ls", "tr", "tr-dpu", "ahd", "even", "ideal"])
+@pytest.mark.parametrize("name", ["sequential", "dp", "ls", "tr", "tr-dpu", "ahd", "ideal"])
 def test_epoch_time_scales_with_steps(name):
     costs = random_cost_table(11, 6, 4, 64)
     a, b, c = (next(x for x in predict_all(costs, 4, 64, s) if x.strategy == name) for s in (1000, 2000, 4000))
@@ -193,10 +193,10 @@ def test_simulate_cli_writes_a_csv(tmp_path, capsys):
     assert "tr-dpu" in text and "ideal" in text and "N=4" in text
     with open(out) as f:
         rows = list(csv.DictReader(f))
-    n_strategies = len({r["strategy"] for r in rows})
-    assert n_strategies >= 9  # every registered strategy (ls-paper only where it runs) and ideal
-    assert {"even", "ls-paper", "ideal"} <= {r["strategy"] for r in rows}
-    assert [r["devices"] for r in rows if r["strategy"] == "ls-paper"] == ["4"]  # 4 devices x 6 blocks only
+    from pipebd.strategies import strategy_names
+
+    # every registered strategy (where it runs the shape; a refused one is named "n/a" in the table) and ideal
+    assert {r["strategy"] for r in rows} == set(strategy_names()) | {"ideal"}
     assert {r["steps"] for r in rows} == {str(50_000 // 64)}
     for r in rows:
         if r["strategy"] == "dp":
