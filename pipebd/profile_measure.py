@@ -23,16 +23,9 @@ and starts each configuration at the same barrier:
   resident does not condemn a block: the ranks agree to re-measure from then on in *lean*
   mode, each block with only its own teacher and student on the device (the others offloaded
   to the host), and only a block that does not fit even alone is marked infeasible;
-- relay: half the round trip of a real ``send``/``recv`` ping-pong of the activation entering
-  each block, for each candidate batch, on rank pairs (0,1), (2,3), … simultaneously;
-- all-reduce of each block's student gradients (a flat buffer of the gradient bytes one step
-  produces) over groups ``{0..g-1}`` made with ``dist.new_group``, for ``g = 2..N``;
+- relay, all-reduce and barrier: :mod:`pipebd.profile_comm`;
 - data loading at each candidate batch (each rank loads its own shards) and a barrier.
 
-With one rank there is nothing to send: relay, all-reduce (``g = 2..G``) and barrier rows are
-*modelled* instead — ``latency + bytes / bandwidth`` point to point, the ring all-reduce
-``2(g-1)·latency + 2(g-1)/g · bytes / bandwidth``, ``latency · log2 g`` — with the device
-constants of :data:`pipebd.costmodel.ESTIMATE_SPECS`, and their ``note`` column says so.
 """
 
 from __future__ import annotations
@@ -40,56 +33,21 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from .comm import allreduce_sum_, transport_device
+
 from .config import RunConfig
 from .data import DataSource
 from .distill import BlockTrainer, OptimConfig
 from .faults import Heartbeat, parse_fault
 from .options import data_config, workload_options
-from .costmodel import ESTIMATE_SPECS, candidate_batches
+from .profile_comm import CommMeasurements
+from .profile_options import ProfileOptions
 from .zoo import build_workload
 
-__all__ = ["RankProfiler", "ProfileOptions", "MIN_REPLICA_GROUPS"]
-
-#: Fewest replica groups a profile covers (per-replica batches B, B/2, B/3, B/4): three or more
-#: sizes let the cost model fit a fixed + per-sample cost (:mod:`pipebd.costfit`).
-MIN_REPLICA_GROUPS = 4
-
-
-@dataclass(frozen=True)
-class ProfileOptions:
-    out: str  # the CSV to write
-    trials: int = 7  # timed repetitions of each compute configuration
-    warmup: int = 2  # untimed repetitions before them
-    comm_trials: int = 10  # timed repetitions of each relay / all-reduce / barrier
-    replica_groups: int | None = None  # per-replica batches ceil(B/g), g = 1..G; None: max(ranks, 4)
-    #: step index (so NAS path) of the first timed trial; trial k times step first_step + k. Give a
-    #: run's first measured step (its --warmup) and trials = its --steps, and a supernet's profiled
-    #: cost is that of exactly the paths the run trains. None: max(1, warmup).
-    first_step: int | None = None
-
-    @classmethod
-    def for_config(cls, cfg: RunConfig, out: str, *, quick: bool = False,
-                   replica_groups: int | None = None, first_step: int | None = None) -> "ProfileOptions":
-        if quick:
-            return cls(out=out, trials=2, warmup=1, comm_trials=3, replica_groups=replica_groups,
-                       first_step=first_step)
-        return cls(out=out, trials=cfg.steps, warmup=cfg.warmup, comm_trials=max(5, cfg.steps),
-                   replica_groups=replica_groups, first_step=first_step)
-
-    def groups(self, devices: int) -> int:
-        """``G``: the largest replica group whose per-replica batch is profiled."""
-        return self.replica_groups if self.replica_groups is not None else max(devices, MIN_REPLICA_GROUPS)
-
-    def batches(self, batch_size: int, devices: int) -> list[int]:
-        """The per-replica batch sizes profiled: ``ceil(B/g)`` for ``g = 1..G``, distinct, descending."""
-        return candidate_batches(batch_size, self.groups(devices))
-
+__all__ = ["RankProfiler"]
 
 def _is_oom(e: BaseException) -> bool:
     if isinstance(e, torch.cuda.OutOfMemoryError):
@@ -102,14 +60,14 @@ def _nbytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
 
 
-class RankProfiler:
+class RankProfiler(CommMeasurements):
     """What one rank measures; every rank calls the same collectives in the same order.
 
     ``heartbeat`` (a :class:`~pipebd.faults.Heartbeat`, when spawned by :mod:`pipebd.launch`)
     is beaten after every timed trial and at every configuration boundary, so a long profile
     is never mistaken for a stall, while a rank that stops making progress still is."""
 
-    def __init__(self, rank: int, world: int, device: torch.device, cfg: RunConfig, opts: "ProfileOptions", *,
+    def __init__(self, rank: int, world: int, device: torch.device, cfg: RunConfig, opts: ProfileOptions, *,
                  heartbeat: Heartbeat | None = None):
         self.rank, self.world, self.device, self.cfg, self.opts = rank, world, device, cfg, opts
         self._beat = heartbeat.beat if heartbeat is not None else (lambda: None)
@@ -426,73 +384,6 @@ class RankProfiler:
             mem = _nbytes(self.teachers[i]) + 2 * _nbytes(block) + max(grad_bytes) + io_bytes + saved
             method = "cpu estimate: params+momentum+grads+io+saved activations"
         return trainer, float(mem), method
-
-    def _modelled(self) -> None:
-        """One rank: relay, all-reduce and barrier rows from bytes and :data:`ESTIMATE_SPECS` constants."""
-        spec = ESTIMATE_SPECS.get(self.cfg.device_type, ESTIMATE_SPECS["cpu"])
-        lat, p2p, ar = spec.latency_s, spec.p2p_bytes_per_s, spec.allreduce_bytes_per_s
-        why = "(one rank profiled, nothing to send)"
-        for k in range(1, self.n):
-            for b in self.batches:
-                nbytes = self.act_bytes[k] * b
-                self._row("relay", block=k, batch=b, seconds=lat + nbytes / p2p, bytes=nbytes,
-                          note=f"modelled: {lat:g} s + bytes / {p2p:g} B/s {why}")
-        for i, nbytes in enumerate(self.grad_bytes):
-            for g in range(2, self.groups + 1):
-                self._row("allreduce", block=i, group=g, bytes=nbytes,
-                          seconds=2 * (g - 1) * lat + 2 * (g - 1) / g * nbytes / ar,
-                          note=f"modelled: ring 2(g-1)*{lat:g} s + 2(g-1)/g * bytes / {ar:g} B/s {why}")
-        for g in range(2, self.groups + 1):
-            self._row("barrier", group=g, seconds=lat * math.log2(g), note=f"modelled: {lat:g} s * log2(g) {why}")
-
-    def _relay(self) -> None:
-        if self.world < 2:
-            return self._modelled()
-        paired = self.rank < self.world - self.world % 2
-        partner = self.rank ^ 1
-        for k in range(1, self.n):
-            shape = self.wl.boundary_shapes[k]
-            for b in self.batches:
-                self._boundary()
-                if self.world < 2 or not paired:
-                    continue
-                buf = torch.zeros((b, *shape), device=transport_device(self.device))
-
-                def pingpong() -> None:
-                    if self.rank % 2 == 0:
-                        dist.send(buf, partner)
-                        dist.recv(buf, partner)
-                    else:
-                        dist.recv(buf, partner)
-                        dist.send(buf, partner)
-
-                pingpong()
-                times = [self._wall(pingpong) / 2 for _ in range(self.opts.comm_trials)]
-                if self.rank % 2 == 0:
-                    self._row("relay", block=k, batch=b, seconds=statistics.median(times),
-                              bytes=buf.numel() * buf.element_size())
-
-    def _allreduce(self, groups: dict) -> None:
-        sizes = [self.grad_bytes]
-        dist.broadcast_object_list(sizes, src=0)  # every rank reduces the same buffer sizes
-        for i, nbytes in enumerate(sizes[0]):
-            numel = max(1, int(nbytes) // 4)
-            for g in range(2, self.world + 1):
-                self._boundary()
-                if self.rank >= g:
-                    continue
-                buf = torch.ones(numel, device=self.device)
-                allreduce_sum_([buf], group=groups[g])  # as runs reduce (staged through the host if sharing GPUs)
-                times = [self._wall(lambda: allreduce_sum_([buf], group=groups[g]))
-                         for _ in range(self.opts.comm_trials)]
-                self._row("allreduce", block=i, group=g, seconds=statistics.median(times), bytes=numel * 4)
-
-    def _barrier(self) -> None:
-        if self.world < 2:
-            return
-        self._boundary()
-        times = [self._wall(dist.barrier) for _ in range(self.opts.comm_trials)]
-        self._row("barrier", group=self.world, seconds=statistics.median(times))
 
 
 def _saved_bytes(fn, block: torch.nn.Module) -> int:

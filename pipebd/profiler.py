@@ -39,7 +39,8 @@ from .strategies import import_plugins
 from .faults import Heartbeat, parse_fault
 from .launch import init_rank, spawn_supervised, torchrun_rank, under_torchrun
 from .preflight import validate
-from .profile_measure import MIN_REPLICA_GROUPS, ProfileOptions, RankProfiler
+from .profile_measure import RankProfiler
+from .profile_options import MIN_REPLICA_GROUPS, ProfileOptions
 from .costmodel import CSV_COLUMNS, CostTable, write_csv
 from .zoo import WorkloadError, canonical_name
 

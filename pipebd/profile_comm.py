@@ -1,0 +1,99 @@
+"""What a profiling rank measures of communication (a mixin of :class:`pipebd.profile_measure.RankProfiler`).
+
+- relay: half the round trip of a real ``send``/``recv`` ping-pong of the activation entering
+  each block, for each candidate batch, on rank pairs (0,1), (2,3), … simultaneously;
+- all-reduce of each block's student gradients (a flat buffer of the gradient bytes one step
+  produces) over groups ``{0..g-1}`` made with ``dist.new_group``, for ``g = 2..N``;
+- a barrier over all ranks.
+
+With one rank there is nothing to send: relay, all-reduce (``g = 2..G``) and barrier rows are
+*modelled* instead — ``latency + bytes / bandwidth`` point to point, the ring all-reduce
+``2(g-1)·latency + 2(g-1)/g · bytes / bandwidth``, ``latency · log2 g`` — with the device
+constants of :data:`pipebd.costmodel.ESTIMATE_SPECS`, and their ``note`` column says so.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import torch
+import torch.distributed as dist
+
+from .comm import allreduce_sum_, transport_device
+from .costmodel import ESTIMATE_SPECS
+
+__all__ = ["CommMeasurements"]
+
+
+class CommMeasurements:
+    """Relay, all-reduce and barrier timings; uses the profiler's ``_row``, ``_boundary``,
+    ``_wall`` and its ``rank``, ``world``, ``n``, ``batches``, ``groups``, ``act_bytes``,
+    ``grad_bytes``, ``wl``, ``device``, ``cfg`` and ``opts``."""
+
+    def _modelled(self) -> None:
+        """One rank: relay, all-reduce and barrier rows from bytes and :data:`ESTIMATE_SPECS` constants."""
+        spec = ESTIMATE_SPECS.get(self.cfg.device_type, ESTIMATE_SPECS["cpu"])
+        lat, p2p, ar = spec.latency_s, spec.p2p_bytes_per_s, spec.allreduce_bytes_per_s
+        why = "(one rank profiled, nothing to send)"
+        for k in range(1, self.n):
+            for b in self.batches:
+                nbytes = self.act_bytes[k] * b
+                self._row("relay", block=k, batch=b, seconds=lat + nbytes / p2p, bytes=nbytes,
+                          note=f"modelled: {lat:g} s + bytes / {p2p:g} B/s {why}")
+        for i, nbytes in enumerate(self.grad_bytes):
+            for g in range(2, self.groups + 1):
+                self._row("allreduce", block=i, group=g, bytes=nbytes,
+                          seconds=2 * (g - 1) * lat + 2 * (g - 1) / g * nbytes / ar,
+                          note=f"modelled: ring 2(g-1)*{lat:g} s + 2(g-1)/g * bytes / {ar:g} B/s {why}")
+        for g in range(2, self.groups + 1):
+            self._row("barrier", group=g, seconds=lat * math.log2(g), note=f"modelled: {lat:g} s * log2(g) {why}")
+
+    def _relay(self) -> None:
+        if self.world < 2:
+            return self._modelled()
+        paired = self.rank < self.world - self.world % 2
+        partner = self.rank ^ 1
+        for k in range(1, self.n):
+            shape = self.wl.boundary_shapes[k]
+            for b in self.batches:
+                self._boundary()
+                if self.world < 2 or not paired:
+                    continue
+                buf = torch.zeros((b, *shape), device=transport_device(self.device))
+
+                def pingpong() -> None:
+                    if self.rank % 2 == 0:
+                        dist.send(buf, partner)
+                        dist.recv(buf, partner)
+                    else:
+                        dist.recv(buf, partner)
+                        dist.send(buf, partner)
+
+                pingpong()
+                times = [self._wall(pingpong) / 2 for _ in range(self.opts.comm_trials)]
+                if self.rank % 2 == 0:
+                    self._row("relay", block=k, batch=b, seconds=statistics.median(times),
+                              bytes=buf.numel() * buf.element_size())
+
+    def _allreduce(self, groups: dict) -> None:
+        sizes = [self.grad_bytes]
+        dist.broadcast_object_list(sizes, src=0)  # every rank reduces the same buffer sizes
+        for i, nbytes in enumerate(sizes[0]):
+            numel = max(1, int(nbytes) // 4)
+            for g in range(2, self.world + 1):
+                self._boundary()
+                if self.rank >= g:
+                    continue
+                buf = torch.ones(numel, device=self.device)
+                allreduce_sum_([buf], group=groups[g])  # as runs reduce (staged through the host if sharing GPUs)
+                times = [self._wall(lambda: allreduce_sum_([buf], group=groups[g]))
+                         for _ in range(self.opts.comm_trials)]
+                self._row("allreduce", block=i, group=g, seconds=statistics.median(times), bytes=numel * 4)
+
+    def _barrier(self) -> None:
+        if self.world < 2:
+            return
+        self._boundary()
+        times = [self._wall(dist.barrier) for _ in range(self.opts.comm_trials)]
+        self._row("barrier", group=self.world, seconds=statistics.median(times))
