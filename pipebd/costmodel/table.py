@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 import math
 import os
@@ -43,6 +42,7 @@ from typing import Iterable, Mapping, Sequence
 from ..config import ConfigError
 from ..costfit import evaluate as _interp
 from ..costfit import measured_range as _range
+from .csvio import _isnan, _median, _opt_float, _opt_int, write_csv
 
 __all__ = ["CostTable", "CSV_COLUMNS", "candidate_batches", "write_csv"]
 
@@ -382,37 +382,3 @@ class CostTable:
                                    relay=self.relay[lo:hi], allreduce=self.allreduce[lo:hi],
                                    memory=self.memory[lo:hi], static_memory=self.static_memory[lo:hi],
                                    activation_bytes=self.activation_bytes[lo:hi + 1])
-
-
-def _opt_int(v) -> int | None:
-    if v is None or v == "" or _isnan(v):
-        return None
-    return int(float(v))
-
-
-def _opt_float(v) -> float | None:
-    if v is None or v == "" or _isnan(v):
-        return None
-    return float(v)
-
-
-def _isnan(v) -> bool:
-    return isinstance(v, float) and math.isnan(v)
-
-
-def _median(vals: Sequence[float]) -> float:
-    s = sorted(vals)
-    m = len(s) // 2
-    return s[m] if len(s) % 2 else (s[m - 1] + s[m]) / 2
-
-
-def write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
-    """Write ``rows`` to ``path`` atomically (:func:`pipebd.fileio.atomic_write_text`)."""
-    from ..fileio import atomic_write_text
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in columns})
-    atomic_write_text(os.path.abspath(path), buf.getvalue())
