@@ -4,8 +4,9 @@ The headline number of Pipe-BD (Jang et al., DATE 2023) is a ratio: epoch time o
 data-parallel baseline over that of each Pipe-BD technique. Ratios are only meaningful when
 measured together, so this command first profiles the workload on the same ranks
 (:func:`pipebd.profiler.profile`; its CSV is then passed to every run, so ``ahd`` plans from
-it) and derives the ideal (DESIGN.md §4) from it with :mod:`pipebd.costmodel`, then runs
-``dp, ls, tr, tr-dpu, ahd`` in ``--repeats`` rounds, each round in a rotated order (round
+it) and derives the ideal (DESIGN.md §4) from it with :mod:`pipebd.costmodel`, then runs every
+registered strategy that can run the shape (a new baseline included; ``--strategies`` to choose)
+in ``--repeats`` rounds, each round in a rotated order (round
 ``r`` starts at strategy ``r mod k``) so that drifting background load hits every strategy
 alike, and reports per strategy the median epoch time, the speedup over dp (ratio of medians),
 the efficiency (ideal / median epoch time, with its range over rounds) and the spread
@@ -14,7 +15,8 @@ the efficiency (ideal / median epoch time, with its range over rounds) and the s
 (:mod:`pipebd.derived`). Every row states its measured steps per block (default 16; the profile
 times the same step indices, so a NAS window is priced on exactly the paths it trains) and the
 host's load average around its runs. A strategy that is not registered or whose run fails is reported as such and the
-others go on; so is a prediction the cost model cannot make. Every run appends to ``--out``
+others go on; so is a prediction the cost model cannot make. Predictions replay each strategy's
+schedule for the layout that ran (:func:`pipebd.strategies.predict.predict`). Every run appends to ``--out``
 (default ``results/bench``) with ``tag=bench``.
 """
 
@@ -30,11 +32,7 @@ from .config import ConfigError, RunConfig
 from .experiments import (MIN_NAS_WARMUP, group_costs, ideal_seconds_per_sample, profile_name, rotated, run_unit,
                           workload_facts)
 
-__all__ = ["BENCH_STRATEGIES", "BenchRow", "bench", "format_table", "add_cli"]
-
-#: The default order (the baselines first); every other registered strategy follows, by name.
-BENCH_STRATEGIES = ("dp", "ls", "tr", "tr-dpu", "ahd")
-
+__all__ = ["default_strategies", "BenchRow", "bench", "format_table", "add_cli"]
 
 def default_strategies(cfg: RunConfig, say=print) -> tuple[str, ...]:
     """Every registered strategy that can run ``cfg``'s shape (a new baseline included), the
@@ -42,8 +40,9 @@ def default_strategies(cfg: RunConfig, say=print) -> tuple[str, ...]:
     from .preflight import validate
     from .strategies import strategy_names
 
-    names = [s for s in BENCH_STRATEGIES if s in strategy_names()] + \
-        [s for s in strategy_names() if s not in BENCH_STRATEGIES]
+    from .derived import ordered
+
+    names = ordered(strategy_names())
     out = []
     for s in names:
         try:
@@ -124,7 +123,7 @@ def _is_nas(cfg: RunConfig) -> bool:
     return workload_facts(cfg.workload, cfg.resolution, cfg.width_mult, cfg.num_classes)[0]
 
 
-def bench(cfg: RunConfig, strategies: tuple[str, ...] = BENCH_STRATEGIES, *, repeats: int = 3, ideal: str = "profile",
+def bench(cfg: RunConfig, strategies: tuple[str, ...], *, repeats: int = 3, ideal: str = "profile",
           max_reruns: int = 2, say=print) -> BenchResult:
     """Profile (for the ideal), then ``repeats`` rotated rounds of ``strategies`` on ``cfg``, then up
     to ``max_reruns`` rounds of the noisy strategies with ``dp``."""
@@ -287,10 +286,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def add_cli(sub) -> None:
     from .runargs import add_run_options
 
-    p = sub.add_parser("bench", help="dp, ls, tr, tr-dpu, ahd and the ideal side by side: speedups and efficiency")
+    p = sub.add_parser("bench", help="every strategy and the ideal side by side: speedups, efficiency, predictions")
     add_run_options(p, strategy=False)
     p.add_argument("--strategies", default=None, help="comma-separated (default: every registered strategy that runs "
-                   f"the shape, {','.join(BENCH_STRATEGIES)} first)")
+                   "the shape, in the paper's order)")
     p.add_argument("--repeats", type=int, default=3, help="rounds of every strategy, rotated order (default 3)")
     p.add_argument("--max-reruns", type=int, default=2, metavar="K",
                    help="extra rounds (with dp) for strategies whose rounds differ by more than 25 %% (default 2)")

@@ -23,6 +23,17 @@ from typing import Iterable
 
 import pandas as pd
 
+#: The order strategies are shown in (tables, figures, bench rounds): the paper's, baselines
+#: first; strategies not listed (a new baseline) follow alphabetically. Which strategies exist is
+#: the registry's business (:func:`pipebd.strategies.strategy_names`), not this list's.
+PAPER_ORDER = ("sequential", "dp", "ls", "tr", "tr-dpu", "ahd")
+
+
+def ordered(strategies: Iterable[str]) -> list[str]:
+    """``strategies`` in :data:`PAPER_ORDER`, the others after it, alphabetically."""
+    s = set(strategies)
+    return [x for x in PAPER_ORDER if x in s] + sorted(s - set(PAPER_ORDER))
+
 __all__ = ["NOISE_THRESHOLD", "CONFIG_KEYS", "spread", "is_noisy", "speedup_cells", "noisy_strategies",
            "format_speedups"]
 

@@ -19,6 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from pipebd.derived import PAPER_ORDER
+from pipebd.derived import ordered as _ordered
 from pipebd.metrics import PHASES, load_results  # noqa: E402
 
 __all__ = [
@@ -30,7 +32,7 @@ __all__ = [
 #: Okabe-Ito colours (colour-blind safe); idle is drawn light grey.
 PHASE_COLORS = {"data": "#E69F00", "teacher": "#56B4E9", "student": "#0072B2", "update": "#009E73",
                 "comm": "#CC79A7", "sync": "#D55E00", "idle": "#E4E4E4"}
-STRATEGY_ORDER = ["sequential", "dp", "ls", "tr", "tr-dpu", "ahd"]
+STRATEGY_ORDER = list(PAPER_ORDER)
 _STRATEGY_COLORS = {"sequential": "#000000", "dp": "#7F7F7F", "ls": "#E69F00", "tr": "#56B4E9",
                     "tr-dpu": "#0072B2", "ahd": "#009E73"}
 _EXTRA_COLORS = ["#CC79A7", "#D55E00", "#F0E442", "#8C564B", "#9467BD", "#17BECF"]
@@ -83,8 +85,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 def ordered(strategies) -> list[str]:
     """Strategies in the paper's order, unknown ones after, alphabetically."""
-    s = set(strategies)
-    return [x for x in STRATEGY_ORDER if x in s] + sorted(s - set(STRATEGY_ORDER))
+    return _ordered(strategies)
 
 
 def strategy_color(name: str) -> str:

@@ -24,7 +24,7 @@ from plots import _common as C  # the installed package (pyproject.toml), also w
 
 from pipebd.derived import speedup_cells
 
-EXPECTED = ["dp", "ls", "tr", "tr-dpu", "ahd"]
+EXPECTED = [s for s in C.STRATEGY_ORDER if s != "sequential"]  # the paper's; noted when missing
 
 
 def paper_reference(dirs: list[str]) -> dict[str, dict[str, float]]:

@@ -27,7 +27,6 @@ import pandas as pd
 
 from plots import _common as C  # the installed package (pyproject.toml), also when run as plots/NAME.py
 
-DEFAULT_STRATEGIES = ["dp", "tr", "tr-dpu", "ahd"]
 _DARK = {"student", "comm", "sync", "update", "teacher"}
 
 
@@ -200,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     p = C.base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--workload", default=None, help="the workload (default: the first one with events)")
     p.add_argument("--strategies", default=None,
-                   help=f"comma-separated, one panel each (default: those of {','.join(DEFAULT_STRATEGIES)} present)")
+                   help="comma-separated, one panel each (default: every strategy present, in the paper's order)")
     p.add_argument("--steps", type=int, default=3, help="how many consecutive measured steps to show (default 3)")
     p.add_argument("--first-step", type=int, default=None, help="the first step shown (default: first measured)")
     p.add_argument("--no-cut", dest="cut", action="store_false", help="never cut time between blocks")
@@ -223,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     else:
         present = set(traced[traced["workload"] == workload]["strategy"])
-        strategies = [s for s in DEFAULT_STRATEGIES if s in present] or C.ordered(present)
+        strategies = C.ordered(present)
     panels = compute(runs, events, workload=workload, strategies=strategies, steps=args.steps,
                      first_step=args.first_step, batch_size=args.batch_size, devices=args.devices, cut=args.cut)
     if not panels:
