@@ -23,6 +23,7 @@ What it does once, for all strategies:
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict, deque
 from datetime import timedelta
 
@@ -32,7 +33,7 @@ import torch.distributed as dist
 from ..comm import allreduce_sum_, recv_into, send, transport_device
 from ..distill import BlockTrainer, teacher_forward
 from ..schedule import (ALLREDUCE, BARRIER, CLOSE, DRAIN, LOAD, OPEN, RECV, SEND, STUDENT, TEACHER, UPDATE, Action,
-                        Schedule)
+                        Schedule, to_csv_text)
 from .context import RankContext
 
 __all__ = ["Interpreter", "step_hooks"]
@@ -90,6 +91,7 @@ class Interpreter:
         self.actions = schedule.ranks[ctx.rank]
         self.depth = schedule.inflight
         cfg = ctx.config
+        self._check_same_schedule()
         self.groups = self._make_groups()
         self.teachers = {b: m for b, m in zip(schedule.teachers_of(ctx.rank), ctx.teacher(schedule.teachers_of(ctx.rank)))}
         self.trainers: dict[int, BlockTrainer] = {b: ctx.trainer(b) for b in schedule.trainers_of(ctx.rank)}
@@ -103,6 +105,21 @@ class Interpreter:
         self.begun: dict[int, int] = {}  # block -> the step its trainer began last
 
     # ---------------------------------------------------------------- set-up
+    def _check_same_schedule(self) -> None:
+        """Every rank generates the schedule itself (a pure function of the configuration and the
+        cost table); fail clearly, before any relay, if one rank's differs (e.g. a planner fed a
+        different memory limit on a different GPU)."""
+        if self.ctx.world_size == 1:
+            return
+        digest = hashlib.sha1(to_csv_text(self.schedule).encode()).hexdigest()
+        got = [None] * self.ctx.world_size
+        dist.all_gather_object(got, digest)
+        odd = [r for r, d in enumerate(got) if d != got[0]]
+        if odd:
+            raise RuntimeError(f"rank(s) {odd} generated a different schedule from rank 0's (layout "
+                               f"{self.schedule.layout!r} here); give the layout explicitly (--plan / --stages / "
+                               "--ls-map) or the same --profile and --memory-limit on every rank")
+
     def _make_groups(self) -> dict[tuple[int, ...], object]:
         """A process group per distinct collective group (the world uses the default group);
         every rank creates them all, in the same sorted order, as torch.distributed requires."""
