@@ -5,7 +5,11 @@ the strategy's per-replica split, at N = 2 and 3 on ``tiny`` and on the supernet
 A strategy that refuses both ``tiny`` shapes (e.g. a map written for the paper's 4 devices and 6
 blocks) is verified on the paper's shape instead (the 6-block nas-cifar10 at N = 4, 16 px), so every
 registered strategy is verified somewhere. References are shared between strategies with the
-same split (one spawn each), so the whole registry costs one run per (strategy, shape).
+same split (one spawn each; the session's verify_workdir and tests.helpers' cache, so other
+modules' verify tests share them too), so the whole registry costs one run per (strategy, shape).
+
+Batch 10 makes every data-parallel split at N = 3 uneven (4 + 3 + 3 rows: the rows_r / B loss
+weights), so no per-strategy test repeats it.
 """
 
 from __future__ import annotations
@@ -16,11 +20,11 @@ from pipebd.config import ConfigError, RunConfig
 from pipebd.preflight import validate
 from pipebd.strategies import get_strategy, strategy_names
 from pipebd.verify import verify_strategy
+from tests.helpers import _REFERENCES
 
-TINY = RunConfig(workload="tiny", batch_size=12, steps=3, warmup=1, threads=1, timeout=60)
+TINY = RunConfig(workload="tiny", batch_size=10, steps=3, warmup=1, threads=1, timeout=60)
 PAPER_SHAPE = RunConfig(workload="nas-cifar10", resolution=16, batch_size=8, steps=2, warmup=1, threads=1,
                         timeout=60, devices=4)
-_REFS: dict = {}  # the sequential references, shared by every case of this module
 
 
 def _runnable(cfg: RunConfig) -> str | None:
@@ -42,7 +46,7 @@ def _cases():
 
 
 @pytest.mark.parametrize("strategy,devices,workload", list(_cases()))
-def test_every_registered_strategy_keeps_the_math(tmp_path, strategy, devices, workload):
+def test_every_registered_strategy_keeps_the_math(verify_workdir, strategy, devices, workload):
     cfg = TINY.replace(strategy=strategy, devices=devices, workload=workload, inflight=1 if devices == 3 else 2)
     why = _runnable(cfg)
     if why is not None:
@@ -51,6 +55,8 @@ def test_every_registered_strategy_keeps_the_math(tmp_path, strategy, devices, w
             pytest.skip(f"{strategy} refuses this shape: {why[:120]}")
         cfg = PAPER_SHAPE.replace(strategy=strategy)  # refuses every tiny shape: its own, the paper's
         assert _runnable(cfg) is None, f"{strategy} runs on neither tiny at N=2/3 nor the paper's 4 x 6 shape"
-    res = verify_strategy(cfg, workdir=str(tmp_path), reference_cache=_REFS)
+    # the session's workdir and reference cache: a reference is trained once, for every case and
+    # every other test that needs the same one
+    res = verify_strategy(cfg, workdir=verify_workdir, reference_cache=_REFERENCES)
     assert res.ok, res.detail
     assert res.paths_equal

@@ -5,7 +5,8 @@ SIGINT stops every rank, and the failure is recorded in runs.csv without figures
 Runs go through ``python -m pipebd run`` in a subprocess whose environment carries a unique
 marker; every process of the run (launcher, ranks, multiprocessing's helpers) inherits it,
 so "no process left" is checked by scanning ``/proc/*/environ`` for the marker. Each
-subprocess has a generous timeout as a hang guard; no test asserts a wall-clock time.
+subprocess has a generous timeout as a hang guard; no test asserts a wall-clock time. The
+three hang runs start together (``hang_runs``): they mostly wait out their --timeout.
 
 The 2-rank runs use ``dp`` (an all-reduce every step, so a peer's failure is seen at once).
 """
@@ -24,9 +25,8 @@ import pandas as pd
 import pytest
 
 from pipebd import metrics
-from pipebd.config import RunConfig
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MARK_ENV = "PIPEBD_TEST_MARK"
 
 
@@ -81,6 +81,52 @@ def run_marked(args: list[str], *, timeout: float) -> tuple[subprocess.Completed
     return proc, mark
 
 
+class _Background:
+    """A marked run started in the background (output to files: nobody reads a pipe meanwhile)."""
+
+    def __init__(self, args: list[str], logs, *, timeout: float):
+        self.mark, self.timeout, self.logs = uuid.uuid4().hex, timeout, logs
+        env = {**os.environ, MARK_ENV: self.mark, "PYTHONUNBUFFERED": "1"}
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
+            self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
+
+    def result(self) -> tuple[subprocess.CompletedProcess, str]:
+        """Wait for the run (like :func:`run_marked`, the timeout counted from now)."""
+        try:
+            rc = self.proc.wait(timeout=self.timeout)
+        finally:
+            self.stop()
+        return (subprocess.CompletedProcess(self.proc.args, rc, (self.logs / "stdout").read_text(),
+                                            (self.logs / "stderr").read_text()), self.mark)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def hang_runs(tmp_path_factory):
+    """The three hang runs, started together on first use: each spends most of its time waiting out
+    its --timeout (no CPU), so they overlap instead of adding up. Name -> (run, its --out)."""
+    root = tmp_path_factory.mktemp("hangs")
+    runs = {
+        "peers": (pipebd_args(root / "peers" / "res", "--inject-fault", "1:2:hang", "--timeout", "10"), 180,
+                  root / "peers" / "res"),
+        "alone": ([sys.executable, "-m", "pipebd", "run", "--quiet", "-w", "tiny", "-s", "sequential", "-b", "4",
+                   "--steps", "3", "--warmup", "1", "--inject-fault", "0:1:hang", "--timeout", "4", "--out",
+                   str(root / "alone" / "res")], 120, root / "alone" / "res"),
+        "profile": (profile_args(root / "profile" / "p.csv", "--devices", "1", "--inject-fault", "0:1:hang",
+                                 "--timeout", "4"), 180, root / "profile" / "p.csv"),
+    }
+    started = {name: (_Background(args, root / name / "logs", timeout=timeout), out)
+               for name, (args, timeout, out) in runs.items()}
+    yield started
+    for run, _out in started.values():
+        run.stop()
+
+
 def failed_rows(out) -> pd.DataFrame:
     runs = pd.read_csv(out / "runs.csv")
     return runs[runs.status == "failed"]
@@ -106,21 +152,19 @@ def test_a_failing_rank_ends_the_run_and_is_named(tmp_path, kind, cause):
     assert row.workload.iloc[0] == "tiny" and row.strategy.iloc[0] == STRATEGY and row.devices.iloc[0] == 2
 
 
-def test_a_hung_rank_is_detected_and_named(tmp_path):
-    out = tmp_path / "res"
-    proc, mark = run_marked(pipebd_args(out, "--inject-fault", "1:2:hang", "--timeout", "10"), timeout=180)
+def test_a_hung_rank_is_detected_and_named(hang_runs):
+    run, out = hang_runs["peers"]  # pipebd_args(out, "--inject-fault", "1:2:hang", "--timeout", "10")
+    proc, mark = run.result()
     assert proc.returncode == 1, proc.stderr
     assert "rank 1 hung (no progress for" in proc.stderr, proc.stderr
     assert_nothing_left(mark)
     assert "rank 1 hung" in failed_rows(out).error.iloc[0]
 
 
-def test_a_hang_without_peers_is_caught_by_the_heartbeat(tmp_path):
+def test_a_hang_without_peers_is_caught_by_the_heartbeat(hang_runs):
     """One rank, nothing to time out on: only the launcher's heartbeat watch can see it."""
-    out = tmp_path / "res"
-    args = [sys.executable, "-m", "pipebd", "run", "--quiet", "-w", "tiny", "-s", "sequential", "-b", "4",
-            "--steps", "3", "--warmup", "1", "--inject-fault", "0:1:hang", "--timeout", "4", "--out", str(out)]
-    proc, mark = run_marked(args, timeout=120)
+    run, _out = hang_runs["alone"]  # sequential, --inject-fault 0:1:hang --timeout 4
+    proc, mark = run.result()
     assert proc.returncode == 1, proc.stderr
     assert "rank 0 hung (no progress for" in proc.stderr, proc.stderr
     assert_nothing_left(mark)
@@ -131,7 +175,9 @@ def test_sigint_stops_every_rank(tmp_path):
     mark = uuid.uuid4().hex
     env = {**os.environ, MARK_ENV: mark}
     args = pipebd_args(out)
-    args[args.index("--steps") + 1] = "100000"
+    # long enough to outlast the signal by far (4 blocks x 2000 steps), and no longer: the launcher
+    # validates the whole schedule before it spawns, ~0.5 ms a step here (100000 steps took 50 s)
+    args[args.index("--steps") + 1] = "2000"
     launcher = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -171,9 +217,9 @@ def test_a_failing_profiling_rank_ends_the_profile_and_is_named(tmp_path):
     assert not out.exists()
 
 
-def test_a_hung_profiling_rank_is_caught_by_the_heartbeat(tmp_path):
-    proc, mark = run_marked(profile_args(tmp_path / "p.csv", "--devices", "1", "--inject-fault", "0:1:hang",
-                                         "--timeout", "4"), timeout=180)
+def test_a_hung_profiling_rank_is_caught_by_the_heartbeat(hang_runs):
+    run, _out = hang_runs["profile"]  # profile -n 1 --inject-fault 0:1:hang --timeout 4
+    proc, mark = run.result()
     assert proc.returncode == 1, proc.stderr
     assert "rank 0 hung (no progress for" in proc.stderr, proc.stderr
     assert_nothing_left(mark)
@@ -205,38 +251,3 @@ def test_concurrent_appends_keep_every_row_exactly_once(tmp_path):
     assert set(runs.run_id) == expected
     assert list(runs.columns[:len(metrics.RUN_COLUMNS)]) == metrics.RUN_COLUMNS
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]  # no temporary file left
-
-
-# ----------------------------------------------------------------------------- unit: heartbeat watch
-
-
-class _FakeStore:
-    def __init__(self):
-        self.kv: dict[str, bytes] = {}
-
-    def set(self, k, v):
-        self.kv[k] = v.encode() if isinstance(v, str) else v
-
-    def get(self, k):
-        return self.kv[k]
-
-
-def test_heartbeat_watch_reports_a_stall_only_when_no_rank_progresses():
-    from pipebd.faults import STARTUP_S, HeartbeatWatch, heartbeat_key
-
-    store = _FakeStore()
-    w = HeartbeatWatch(store, 2, now=0.0)
-    assert not w.stalled([0, 1], 10.0, now=30.0)  # neither has started: start-up allowance
-    assert w.stalled([0, 1], 10.0, now=STARTUP_S + 1)
-    store.set(heartbeat_key(0), "0")
-    store.set(heartbeat_key(1), "0")
-    w.poll(now=1.0)
-    store.set(heartbeat_key(0), "1")
-    w.poll(now=5.0)
-    assert not w.stalled([0, 1], 10.0, now=12.0)  # rank 0 progressed at t=5
-    assert w.stalled([1], 10.0, now=12.0)  # rank 1 alone has not
-    store.set(heartbeat_key(1), "3")
-    w.poll(now=14.0)
-    assert w.age(1, now=15.0) == 1.0 and w.progress(1) == 3
-    assert w.stalled([0, 1], 10.0, now=25.0)
-    assert not w.stalled([], 10.0, now=99.0)

@@ -1,11 +1,11 @@
-"""The profiler: a quick profile on real ranks writes a CSV the cost model and the planner read back."""
+"""The profiler in this process (one rank, an in-process gloo group): supernet blocks, heartbeats
+and injected faults, out-of-memory handling, the profiled batches, refusals before spawning. The
+quick profile on real ranks is in tests/integration/test_profiler.py."""
 
 from __future__ import annotations
 
 import csv
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,39 +14,9 @@ import torch.distributed as dist
 from pipebd.cli import build_parser
 from pipebd.comm import init_process_group
 from pipebd.config import ConfigError, RunConfig
-from pipebd.planner import plan_for
 from pipebd.profile_measure import RankProfiler
 from pipebd.profiler import ProfileOptions, _write, default_profile_path, profile
 from pipebd.costmodel import CostTable
-from pipebd.strategies.predict import predict_all
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def test_quick_profile_of_tiny_on_two_ranks(tmp_path):
-    out = str(tmp_path / "tiny.csv")
-    proc = subprocess.run([sys.executable, "-m", "pipebd", "profile", "--workload", "tiny", "--devices", "2",
-                           "--batch-size", "8", "--quick", "--out", out], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert out in proc.stdout
-    costs = CostTable.from_csv(out)
-    assert costs.num_blocks == 4 and costs.workload == "tiny" and costs.devices == 2 and costs.batch_size == 8
-    assert costs.batches() == [2, 3, 4, 8]  # ceil(B/g), g = 1..4 on two ranks
-    for i in range(4):
-        for b in (8, 4, 3, 2):
-            assert costs.teacher[i][b] > 0 and costs.student[i][b] > 0
-            assert costs.memory[i][b] > costs.static_memory[i] > 0
-        assert costs.allreduce[i][2] > 0
-    for k in (1, 2, 3):  # every block boundary relayed
-        assert costs.relay[k][8] > 0 and costs.relay[k][4] > 0
-    assert costs.data_per_sample > 0 and costs.barrier[2] > 0
-    assert costs.activation_bytes[1] == 8 * 16 * 16 * 4
-    # later runs reuse it
-    cfg = RunConfig(workload="tiny", devices=2, batch_size=8, profile=out)
-    plan_for(cfg).validate(num_blocks=4, devices=2, batch_size=8)
-    predicted = predict_all(costs, 2, 8, 10, skip_unpredictable=True)  # a strategy may refuse the shape
-    assert {p.strategy for p in predicted} >= {"dp", "tr", "tr-dpu", "ahd", "ideal"}
 
 
 def test_supernet_blocks_profile_in_process(tmp_path):

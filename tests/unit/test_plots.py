@@ -9,8 +9,6 @@ workload) and writes them with the real row builders of ``pipebd.metrics``.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -18,7 +16,7 @@ import pytest
 from pipebd import metrics
 from pipebd.metrics import RankReport
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = ["speedup", "breakdown", "memory", "timeline", "scaling"]
 FAILED_ID = "fixture-failed-ahd"
 U = 0.01  # seconds per unit of simulated work
@@ -306,27 +304,3 @@ def test_empty_or_missing_dir_writes_a_note_not_a_crash(name, tmp_path, capsys):
     assert mod.main([str(tmp_path / "nothing-here"), "-o", str(out), *extra]) == 0
     assert out.exists() and out.stat().st_size > 0
     assert "note:" in capsys.readouterr().err
-
-
-def test_scripts_run_from_the_command_line_without_torch(fixture_dirs, tmp_path):
-    """``python plots/X.py DIR -o out.png`` works from any directory and never imports torch."""
-    code = (
-        "import runpy, sys\n"
-        f"for name, extra in {[(s, ['--workload', 'nas-cifar10'] if s == 'timeline' else []) for s in SCRIPTS]!r}:\n"
-        f"    sys.argv = [name + '.py', {fixture_dirs[0]!r}, '-o', {str(tmp_path)!r} + '/' + name + '.png', *extra]\n"
-        "    try:\n"
-        f"        runpy.run_path({ROOT!r} + '/plots/' + name + '.py', run_name='__main__')\n"
-        "    except SystemExit as e:\n"
-        "        assert not e.code, (name, e.code)\n"
-        "assert 'torch' not in sys.modules, 'a plot script imported torch'\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    for name in SCRIPTS:
-        _png_ok(tmp_path / f"{name}.png")
-    out = tmp_path / "cli.png"
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "plots", "speedup.py"), fixture_dirs[0], "-o", str(out)],
-                          cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    _png_ok(out)
-    assert FAILED_ID in proc.stderr

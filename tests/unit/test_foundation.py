@@ -1,12 +1,8 @@
-"""Foundation: zoo shapes, data order, distillation math, determinism, clear errors, the CLI."""
+"""Foundation: zoo shapes, data order, distillation math, determinism, clear errors (no processes;
+the CLI in a subprocess is in tests/integration/test_cli.py)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
-import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -18,7 +14,6 @@ from pipebd.preflight import validate
 from pipebd.zoo import WorkloadError, WorkloadOptions, build_workload, sample_path, workload_names
 from pipebd.zoo.registry import probe_shapes
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_WORKLOADS = {"nas-cifar10", "nas-imagenet", "compress-vgg16-cifar10", "compress-vgg16-imagenet",
                    "compress-resnet50-cifar10", "compress-resnet50-imagenet", "tiny"}
 
@@ -103,7 +98,7 @@ def test_path_sampler_is_a_function_of_seed_block_step():
     p = sample_path(s, seed=1, block_index=2, step=5)
     assert p == sample_path(s, seed=1, block_index=2, step=5)
     assert len(p) == 4 and all(0 <= c < n for c, n in zip(p, s.choices_per_cell))
-    assert s.choices_per_cell == [6, 7, 7, 7]  # the Zero choice on all but the first cell (tests/test_zoo.py)
+    assert s.choices_per_cell == [6, 7, 7, 7]  # the Zero choice on all but the first cell (tests/unit/test_zoo.py)
     across_steps = {sample_path(s, seed=1, block_index=2, step=k) for k in range(20)}
     assert len(across_steps) > 10
     assert sample_path(s, seed=2, block_index=2, step=5) != p or sample_path(s, seed=2, block_index=2, step=6) != \
@@ -260,31 +255,3 @@ def test_shard_sizes_split_evenly_larger_first():
     assert shard_sizes(7, 2) == [4, 3]
     with pytest.raises(ValueError, match="cannot split a batch of 2 into 3 shards"):
         shard_sizes(2, 3)
-
-
-def test_cli_runs_sequential_end_to_end(tmp_path):
-    out = tmp_path / "res"
-    proc = subprocess.run([sys.executable, "-m", "pipebd", "run", "--workload", "tiny", "--strategy", "sequential",
-                           "--batch-size", "8", "--steps", "3", "--warmup", "1", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "samples/s" in proc.stdout
-    runs = pd.read_csv(out / "runs.csv")
-    assert len(runs) == 1 and runs.status[0] == "ok" and runs.throughput_sps[0] > 0
-    assert runs.workload[0] == "tiny" and runs.steps_measured[0] == 3
-
-
-def test_cli_rejects_bad_input_before_spawning(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pipebd", "run", "--workload", "nope", "--out", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "unknown workload 'nope'" in proc.stderr
-    assert not (tmp_path / "runs.csv").exists()
-
-
-def test_cli_help_and_zoo():
-    proc = subprocess.run([sys.executable, "-m", "pipebd", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0 and "run" in proc.stdout and "zoo" in proc.stdout
-    proc = subprocess.run([sys.executable, "-m", "pipebd", "zoo", "tiny", "nas-cifar10"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert "nas-cifar10" in proc.stdout and "160x4x4 → 10" in proc.stdout

@@ -1,16 +1,10 @@
-"""The dp and ls baselines: same weights as the sequential reference, layout parsing, run rows.
-
-Each multi-process launch costs seconds on a small CPU machine, so the spawning tests share
-their sequential references (one cache per workload) and the runs.csv check reads the
-results of the dp verify run instead of launching again. Batch 10 makes the 3-rank dp split
-uneven (4, 3, 3), which exercises the rows_r / B loss weights.
+"""The dp and ls baselines without processes: layouts (LPT, --ls-map), validation, the reference
+shards. Batch 10 makes the 3-rank dp split uneven (4, 3, 3), which exercises the rows_r / B
+loss weights; the runs are in tests/integration (test_dp_ls.py, test_verify_registry.py).
 """
 
 from __future__ import annotations
 
-import os
-
-import pandas as pd
 import pytest
 
 from baselines.dp import DataParallel
@@ -18,7 +12,6 @@ from baselines.ls import LayerWise, format_ls_map, lpt_assign, parse_ls_map
 from pipebd.config import ConfigError, RunConfig
 from pipebd.preflight import validate
 from pipebd.planner import cost_table_for
-from tests.helpers import assert_keeps_math
 
 BATCH = 10
 
@@ -26,66 +19,6 @@ BATCH = 10
 def _cfg(workload: str, strategy: str, devices: int, tmp, **kw) -> RunConfig:
     return RunConfig(workload=workload, strategy=strategy, devices=devices, batch_size=BATCH, steps=3, warmup=1,
                      out=str(tmp), quiet=True, timeout=120.0, **kw)
-
-
-def _verify(cfg: RunConfig, workdir: str):
-    return assert_keeps_math(cfg, workdir)
-
-
-# ---- equivalence with the sequential reference (spawns ranks) ---------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def dp_tiny_2(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("dp2"))
-    return _verify(_cfg("tiny", "dp", 2, workdir), workdir), workdir
-
-
-def test_dp_tiny_2_ranks_matches_reference(dp_tiny_2):
-    res, _ = dp_tiny_2
-    assert (res.strategy, res.devices) == ("dp", 2)
-
-
-def test_dp_tiny_3_ranks_uneven_split_matches_reference(tmp_path):
-    assert DataParallel.reference_shards(_cfg("tiny", "dp", 3, tmp_path), 4) == ((4, 3, 3),) * 4
-    _verify(_cfg("tiny", "dp", 3, tmp_path), str(tmp_path))
-
-
-def test_dp_tiny_nas_2_ranks_matches_reference(tmp_path):
-    _verify(_cfg("tiny-nas", "dp", 2, tmp_path), str(tmp_path))
-
-
-def test_ls_tiny_2_ranks_explicit_map_matches_reference(tmp_path):
-    # rank 0 owns only the last block, rank 1 trains three blocks out of index order
-    cfg = _cfg("tiny", "ls", 2, tmp_path, ls_map="3,2:0:1")
-    assert LayerWise.describe_plan(cfg, 4) == "3,2:0:1"
-    _verify(cfg, str(tmp_path))
-
-
-def test_ls_tiny_3_ranks_lpt_matches_reference(tmp_path):
-    _verify(_cfg("tiny", "ls", 3, tmp_path), str(tmp_path))
-
-
-def test_dp_launch_writes_ok_run_row(dp_tiny_2):
-    """verify ran dp through pipebd.runner.launch; its runs.csv row must be complete and sane."""
-    _, workdir = dp_tiny_2
-    runs = pd.read_csv(os.path.join(workdir, "results", "runs.csv"))
-    row = runs[runs["strategy"] == "dp"]
-    assert len(row) == 1
-    row = row.iloc[0]
-    assert row["status"] == "ok"
-    assert row["devices"] == 2
-    assert row["throughput_sps"] > 0
-    assert row["measured_time_s"] > 0
-    assert row["plan"] == "dp x 2"
-    ranks = pd.read_csv(os.path.join(workdir, "results", "ranks.csv"))
-    dp_ranks = ranks[(ranks["run_id"] == row["run_id"])]
-    assert sorted(dp_ranks["rank"].unique()) == [0, 1]
-    comm = dp_ranks[dp_ranks["phase"] == "comm"]["seconds"]
-    assert (comm > 0).all(), "the gradient all-reduce must be recorded as comm time on every rank"
-
-
-# ---- layouts and validation (no processes) ----------------------------------------------------------------------
 
 
 def test_lpt_assign_balances_and_breaks_ties_deterministically():
@@ -152,4 +85,5 @@ def test_dp_validation_and_reference_shards(tmp_path):
         validate(_cfg("tiny", "dp", 3, tmp_path).replace(batch_size=2))
     validate(_cfg("tiny", "dp", 3, tmp_path).replace(batch_size=3))
     assert DataParallel.reference_shards(_cfg("tiny", "dp", 2, tmp_path), 4) == ((5, 5),) * 4
+    assert DataParallel.reference_shards(_cfg("tiny", "dp", 3, tmp_path), 4) == ((4, 3, 3),) * 4
     assert DataParallel.describe_plan(_cfg("tiny", "dp", 3, tmp_path), 4) == "dp x 3"

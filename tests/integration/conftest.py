@@ -1,0 +1,28 @@
+"""Runs shared by several integration tests: each is launched once per session, on first use."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import tiny_two_rank_config
+
+
+@pytest.fixture(scope="session")
+def verify_workdir(tmp_path_factory) -> str:
+    """The one working directory of every verify in the session. ``verify_strategy`` keys a cached
+    sequential reference by its whole configuration, whose results directory lies under the
+    workdir, so references are shared (trained once) only between runs that share the workdir."""
+    return str(tmp_path_factory.mktemp("verify"))
+
+
+@pytest.fixture(scope="session")
+def dp_tiny_run(tmp_path_factory):
+    """One uninterrupted dp run on 2 ranks: ``(results dir, saved weights, RunOutcome)``.
+
+    The checkpoint tests compare resumed runs with its weights; test_dp_ls reads its run rows."""
+    from pipebd.runner import launch
+
+    root = tmp_path_factory.mktemp("dp-tiny")
+    out, weights = str(root / "res"), str(root / "whole.pt")
+    outcome = launch(tiny_two_rank_config("dp", out).replace(save_weights=weights))
+    return out, weights, outcome

@@ -1,0 +1,41 @@
+"""The profiler on real ranks: a quick profile of tiny on two ranks writes a CSV the cost model
+and the planner read back."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from pipebd.config import RunConfig
+from pipebd.costmodel import CostTable
+from pipebd.planner import plan_for
+from pipebd.strategies.predict import predict_all
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_quick_profile_of_tiny_on_two_ranks(tmp_path):
+    out = str(tmp_path / "tiny.csv")
+    proc = subprocess.run([sys.executable, "-m", "pipebd", "profile", "--workload", "tiny", "--devices", "2",
+                           "--batch-size", "8", "--quick", "--out", out], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert out in proc.stdout
+    costs = CostTable.from_csv(out)
+    assert costs.num_blocks == 4 and costs.workload == "tiny" and costs.devices == 2 and costs.batch_size == 8
+    assert costs.batches() == [2, 3, 4, 8]  # ceil(B/g), g = 1..4 on two ranks
+    for i in range(4):
+        for b in (8, 4, 3, 2):
+            assert costs.teacher[i][b] > 0 and costs.student[i][b] > 0
+            assert costs.memory[i][b] > costs.static_memory[i] > 0
+        assert costs.allreduce[i][2] > 0
+    for k in (1, 2, 3):  # every block boundary relayed
+        assert costs.relay[k][8] > 0 and costs.relay[k][4] > 0
+    assert costs.data_per_sample > 0 and costs.barrier[2] > 0
+    assert costs.activation_bytes[1] == 8 * 16 * 16 * 4
+    # later runs reuse it
+    cfg = RunConfig(workload="tiny", devices=2, batch_size=8, profile=out)
+    plan_for(cfg).validate(num_blocks=4, devices=2, batch_size=8)
+    predicted = predict_all(costs, 2, 8, 10, skip_unpredictable=True)  # a strategy may refuse the shape
+    assert {p.strategy for p in predicted} >= {"dp", "tr", "tr-dpu", "ahd", "ideal"}
