@@ -98,6 +98,9 @@ class Interpreter:
         self.loaders: dict[tuple[int, int], object] = {}
         self.hooks = step_hooks(self.actions)
         self.drop_after = self._last_uses()
+        # registers some later action reads; a teacher prefix's other outputs are never kept, so a
+        # TEACHER over blocks 0..i holds one activation at a time, as a plain forward would
+        self.needed = {reg for a in self.actions for reg in _readers(a)}
         self.regs: dict[tuple[int, int], tuple] = {}  # (lo, tensor, recv buffer or None)
         self.end = cfg.total_steps
         self._recv_setup()
@@ -262,7 +265,8 @@ class Interpreter:
             x = self._read(a.step, a.blocks[0], a.rows)
             for b in a.blocks:
                 x = teacher_forward([self.teachers[b]], x)
-                self.regs[(a.step, b + 1)] = (a.rows[0], x, None)
+                if (a.step, b + 1) in self.needed:
+                    self.regs[(a.step, b + 1)] = (a.rows[0], x, None)
         elif k == STUDENT:
             t = self.trainers[a.block]
             if self.begun.get(a.block) != a.step:  # the first shard of this block's step on this rank
