@@ -23,6 +23,7 @@ from ..metrics import RankReport, event_rows, write_trace
 from ..planner import cost_table_for
 from ..options import workload_num_blocks
 from ..preflight import validate
+from ..runtime.interpreter import SPAN_PHASE
 from ..schedule import format_grid, to_json, write_csv
 from ..strategies import get_strategy, uses_schedule
 from ..strategies.predict import predict
@@ -30,16 +31,13 @@ from ..config import ConfigError
 
 __all__ = ["add_cli", "predicted_reports"]
 
-#: the recorder phase of each action kind (as the interpreter records it)
-from ..runtime.interpreter import _SPAN  # noqa: E402
-
 
 def predicted_reports(schedule, timeline) -> list[RankReport]:
     """The replayed timeline as per-rank reports (every action, warm-up included)."""
     out = []
     for r, acts in enumerate(schedule.ranks):
-        evs = [(_SPAN[a.kind], a.blocks[-1] if a.blocks else -1, a.step, s, e)
-               for a, (s, e) in zip(acts, timeline.spans[r]) if a.kind in _SPAN and e > s]
+        evs = [(SPAN_PHASE[a.kind], a.blocks[-1] if a.blocks else -1, a.step, s, e)
+               for a, (s, e) in zip(acts, timeline.spans[r]) if a.kind in SPAN_PHASE and e > s]
         out.append(RankReport(rank=r, wall_s=timeline.makespan, events=evs, peak_memory_mb=0.0, plan=schedule.layout,
                               extra={"windows": [(w[0], w[1]) for w in timeline.windows[r]],
                                      "pipelined": [w[2] for w in timeline.windows[r]]}))

@@ -36,9 +36,10 @@ from ..schedule import (ALLREDUCE, BARRIER, CLOSE, DRAIN, LOAD, OPEN, RECV, SEND
                         Schedule, to_csv_text)
 from .context import RankContext
 
-__all__ = ["Interpreter", "step_hooks"]
+__all__ = ["Interpreter", "step_hooks", "SPAN_PHASE"]
 
-_SPAN = {LOAD: "data", TEACHER: "teacher", STUDENT: "student", UPDATE: "update", SEND: "comm", RECV: "comm",
+#: the recorder phase each action kind is timed as
+SPAN_PHASE = {LOAD: "data", TEACHER: "teacher", STUDENT: "student", UPDATE: "update", SEND: "comm", RECV: "comm",
          ALLREDUCE: "comm", DRAIN: "comm", BARRIER: "sync"}
 
 
@@ -230,7 +231,7 @@ class Interpreter:
             elif a.kind == CLOSE:
                 rec.stop_window()
             else:
-                with rec.span(_SPAN[a.kind], a.blocks[-1] if a.blocks else -1, a.step):
+                with rec.span(SPAN_PHASE[a.kind], a.blocks[-1] if a.blocks else -1, a.step):
                     self._exec(i, a)
             for reg in self.drop_after.get(i, ()):
                 self._release(reg)

@@ -121,6 +121,7 @@ def _merge(held: list[tuple[int, int]], rows: tuple[int, int]) -> list[tuple[int
 def _dataflow_problems(s: Schedule) -> list[tuple[int, int, str]]:
     out = []
     trainers: dict[tuple[int, int], list[tuple[int, int, tuple[int, int]]]] = defaultdict(list)
+    reduced_by: dict[int, set[tuple[int, int]]] = {}  # rank -> (block, step) it all-reduced
     for r, acts in enumerate(s.ranks):
         regs: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
         open_student: dict[tuple[int, int], int] = {}
@@ -172,7 +173,7 @@ def _dataflow_problems(s: Schedule) -> list[tuple[int, int, str]]:
             out.append((r, i, f"STUDENT of block {b} at step {st} is never followed by its UPDATE on rank {r}"))
         if window is not None:
             out.append((r, window, "the window opened here is never closed"))
-        s.meta.setdefault("_reduced", {})[r] = reduced
+        reduced_by[r] = reduced
     # every block, every step: rows partition the batch; replicas all-reduce over exactly themselves
     for b in range(s.num_blocks):
         for st in range(s.steps):
@@ -200,11 +201,10 @@ def _dataflow_problems(s: Schedule) -> list[tuple[int, int, str]]:
             ranks = sorted({x[0] for x in got})
             if len(ranks) > 1:
                 for r, i, _ in got:
-                    if (b, st) not in s.meta["_reduced"].get(r, set()):
+                    if (b, st) not in reduced_by.get(r, set()):
                         out.append((r, i, f"block {b} is trained by ranks {ranks} at step {st} but rank {r} does not "
                                           "all-reduce its gradients before the UPDATE"))
                         break
-    s.meta.pop("_reduced", None)
     return out
 
 

@@ -14,7 +14,6 @@ from typing import Any, Iterable
 
 from ..config import ConfigError
 from ..costmodel import CostTable, Prediction, predict_ideal, replay_epoch
-from ..costmodel.replay import horizon
 from ..schedule import ScheduleSpec
 from .base import get_strategy, strategy_names, uses_schedule
 
@@ -81,6 +80,3 @@ def predict_all(costs: CostTable, devices: int, batch_size: int, steps: int, *, 
                 raise
     return out
 
-
-def default_horizon(devices: int, inflight: int) -> int:
-    return horizon(devices, inflight)
