@@ -36,7 +36,7 @@ from ..schedule import (ALLREDUCE, BARRIER, CLOSE, DRAIN, LOAD, OPEN, RECV, SEND
                         Schedule, to_csv_text)
 from .context import RankContext
 
-__all__ = ["Interpreter", "step_hooks", "SPAN_PHASE"]
+__all__ = ["Interpreter", "step_hooks", "register_drops", "SPAN_PHASE"]
 
 #: the recorder phase each action kind is timed as
 SPAN_PHASE = {LOAD: "data", TEACHER: "teacher", STUDENT: "student", UPDATE: "update", SEND: "comm", RECV: "comm",
@@ -83,6 +83,29 @@ def _writes(a: Action) -> list[tuple[int, int]]:
     return []
 
 
+def register_drops(actions: list[Action]) -> dict[int, list[tuple[int, int]]]:
+    """``{position: [registers]}``: free each written value right after its last reader.
+
+    A register key ``(step, boundary)`` can be written more than once on a rank — ``dp`` and
+    ``ls`` load step ``k``'s batch again for every block — so lifetimes are per written value:
+    a value dies at its last read before the next write of the same key (or, never read, right
+    after its write). Keying the lifetime on the key alone would keep every step's activations
+    alive until the last block, a whole block's worth of batches held at once."""
+    out: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    last: dict[tuple[int, int], int] = {}  # live value -> its last read so far (or its write)
+    for i, a in enumerate(actions):
+        for reg in _readers(a):
+            if reg in last:
+                last[reg] = i
+        for reg in _writes(a):
+            if reg in last:
+                out[last[reg]].append(reg)
+            last[reg] = i
+    for reg, i in last.items():
+        out[i].append(reg)
+    return dict(out)
+
+
 class Interpreter:
     """Executes ``schedule.ranks[ctx.rank]`` on this rank; :meth:`run` returns the trainers whose
     final weights this rank reports (the lowest rank training a block reports it)."""
@@ -98,7 +121,7 @@ class Interpreter:
         self.trainers: dict[int, BlockTrainer] = {b: ctx.trainer(b) for b in schedule.trainers_of(ctx.rank)}
         self.loaders: dict[tuple[int, int], object] = {}
         self.hooks = step_hooks(self.actions)
-        self.drop_after = self._last_uses()
+        self.drop_after = register_drops(self.actions)
         # registers some later action reads; a teacher prefix's other outputs are never kept, so a
         # TEACHER over blocks 0..i holds one activation at a time, as a plain forward would
         self.needed = {reg for a in self.actions for reg in _readers(a)}
@@ -135,18 +158,6 @@ class Interpreter:
                 out[g] = None
             else:
                 out[g] = dist.new_group(ranks=list(g), timeout=timedelta(seconds=self.ctx.config.timeout))
-        return out
-
-    def _last_uses(self) -> dict[int, list[tuple[int, int]]]:
-        last: dict[tuple[int, int], int] = {}
-        for i, a in enumerate(self.actions):
-            for reg in _writes(a):
-                last.setdefault(reg, i)
-            for reg in _readers(a):
-                last[reg] = i
-        out: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        for reg, i in last.items():
-            out[i].append(reg)
         return out
 
     def _recv_setup(self) -> None:

@@ -159,3 +159,29 @@ def test_validator_reports_a_receive_cycle_with_the_grid():
     sched = _two_rank(a, b, 2)
     found = [m for _r, _i, m in problems(sched)]
     assert any("deadlock" in m and "waits for rank" in m for m in found)
+
+
+@pytest.mark.parametrize("strategy,devices", [("dp", 2), ("ls", 2), ("sequential", 1), ("tr", 2), ("ahd", 3)])
+def test_registers_live_only_until_their_last_reader(strategy, devices):
+    """Replays every rank's register lifetimes: a value is freed after its last reader and never
+    read once freed, and no more than one batch's activations per in-flight step stay alive — in
+    particular dp/ls, which write (step, 0) again for every block, hold no earlier block's
+    batches (the interpreter once kept them all until the last block)."""
+    from pipebd.runtime.interpreter import _readers, _writes, register_drops
+
+    s = _schedule(strategy, devices)
+    for r, actions in enumerate(s.ranks):
+        drops = register_drops(actions)
+        live: set = set()
+        peak = 0
+        for i, a in enumerate(actions):
+            for reg in _readers(a):
+                assert reg in live, (strategy, r, i, a, reg)
+            live.update(_writes(a))
+            for reg in drops.get(i, ()):
+                live.discard(reg)
+            peak = max(peak, len(live))
+        assert not live, (strategy, r, live)
+        assert peak <= (s.num_blocks + 1) * (s.inflight + 1), (strategy, r, peak)
+        if strategy in ("dp", "ls", "sequential"):  # one step of one block at a time: input, output
+            assert peak <= 2, (strategy, r, peak)
