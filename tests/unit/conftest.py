@@ -10,13 +10,10 @@ import subprocess
 import pytest
 import torch.multiprocessing
 
-# matplotlib builds its font cache on first use, asking `fc-list` in a subprocess; on a fresh
-# machine (CI) that would trip the guard below inside a plotting test, so build it here, once,
-# before any guard is set
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.font_manager  # noqa: E402,F401
+# matplotlib builds its font cache when font_manager is first imported, asking `fc-list` in a
+# subprocess; on a fresh machine (CI) that would trip the guard below inside a plotting test, so
+# the import comes here, once, before any guard is set (the backend is plots._common's to choose)
+import matplotlib.font_manager  # noqa: F401
 
 MESSAGE = "unit tests run without processes: move this test to tests/integration"
 
