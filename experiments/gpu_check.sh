@@ -7,7 +7,9 @@
 #      cuda`), and `verify -w tiny -n 1 --device cuda` (every strategy = the sequential reference);
 #   2. profiles of the paper's four workloads at full size on the GPU, per-replica batches
 #      ceil(256/g) for g = 1..8 (`profile --replica-groups 8`; out-of-memory rows are recorded
-#      as infeasible by the profiler);
+#      as infeasible by the profiler), every block in every compute mode (fp32/bf16 autocast ×
+#      contiguous/channels-last: the bf16 profile, and `auto`'s choice made on the device);
+#      step 1 also verifies bf16 + channels-last against its bf16 reference;
 #   3. from each profile, the simulator's 4- and 8-device predictions beside the paper's Fig. 6
 #      speedups (read from experiments/speedup.yaml's paper_reference); NCCL costs in them come
 #      from a model, since one GPU cannot measure them;
@@ -42,7 +44,7 @@ DRY=${GPU_CHECK_DRY_RUN:-0}
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument '$arg'; use --dry-run or no argument" >&2; exit 2 ;;
   esac
 done
@@ -52,7 +54,7 @@ OUT=${GPU_CHECK_OUT:-results/reference/gpu}
 BUDGET=${GPU_CHECK_BUDGET_S:-480}
 mkdir -p "$OUT/logs" || { echo "gpu_check: cannot create $OUT; set GPU_CHECK_OUT to a writable directory" >&2; exit 2; }
 # a rerun replaces what an earlier one wrote (a stale profile must not be simulated)
-rm -rf "$OUT/logs" "$OUT/runs" "$OUT/verify" "$OUT/verify-n2" "$OUT/bench"
+rm -rf "$OUT/logs" "$OUT/runs" "$OUT/verify" "$OUT/verify-bf16" "$OUT/verify-n2" "$OUT/bench"
 rm -f "$OUT/steps.csv" "$OUT/device.txt" "$OUT"/profile-*.csv "$OUT"/simulate-*.csv "$OUT/paper-vs-simulated.csv"
 mkdir -p "$OUT/logs"
 exec > >(tee "$OUT/gpu_check.log") 2>&1
@@ -175,6 +177,9 @@ for s in $STRATEGIES; do
 done
 step verify-n1 "$D1" 150 "$OUT/logs/verify-n1.log" -- "$PY" -m pipebd verify -w tiny -n 1 --device "$DEV" \
   "${RUN_SIZE[@]}" "${VERIFY_ONLY[@]}" --out "$OUT/verify"
+# bf16 autocast + channels-last on the device: same modes as its bf16 reference (prints the difference)
+step verify-bf16 "$D1" 90 "$OUT/logs/verify-bf16.log" -- "$PY" -m pipebd verify -w tiny -n 1 --device "$DEV" \
+  "${RUN_SIZE[@]}" --strategies dp --precision bf16 --memory-format channels-last --out "$OUT/verify-bf16"
 
 # ---- 2. profiles of the paper's workloads, per-replica batches ceil(B/g), g = 1..G ---------------
 GROUPS_FLAG=(--replica-groups "$PROF_G")

@@ -18,6 +18,13 @@ host's load average around its runs. A strategy that is not registered or whose 
 others go on; so is a prediction the cost model cannot make. Predictions replay each strategy's
 schedule for the layout that ran (:func:`pipebd.strategies.predict.predict`). Every run appends to ``--out``
 (default ``results/bench``) with ``tag=bench``.
+
+Compute modes (:mod:`pipebd.modes`): runs use the run options' modes (``auto`` by default: per
+block from the profile, which then times every candidate). With ``--precision`` (or
+``--teacher-precision`` / ``--student-precision`` / ``--memory-format``) given, every strategy
+also runs in fp32 contiguous, interleaved in the same rounds (rows ``S:fp32``), and a second
+table gives per strategy the samples/s of both, their ratio (median, and its range within rounds)
+and the chosen mode of every block.
 """
 
 from __future__ import annotations
@@ -66,6 +73,8 @@ class BenchRow:
     steps: int = 0  # measured steps per block of its runs
     rounds: list[int] = field(default_factory=list)  # the round of each entry of epoch_times
     loads: list[float] = field(default_factory=list)  # host load average at the start and end of its runs
+    modes: str = ""  # the compute modes its runs used (pipebd.modes text)
+    samples: int = 0  # epoch samples of its runs
 
     @property
     def median(self) -> float | None:
@@ -95,6 +104,7 @@ class BenchResult:
     predicted: dict[str, float] = field(default_factory=dict)  # simulator's epoch time per strategy
     unpredicted: dict[str, str] = field(default_factory=dict)  # strategy -> why the cost model could not
     reruns: int = 0
+    modes_table: list[str] = field(default_factory=list)  # the chosen mode per block (describe_modes lines)
 
 
 def predictions(costs, cfg: RunConfig, strategies, epoch_samples: int,
@@ -106,13 +116,17 @@ def predictions(costs, cfg: RunConfig, strategies, epoch_samples: int,
     from .strategies import get_strategy
     from .strategies.predict import predict
 
+    from .planner import modes_for
+
     steps = max(1, epoch_samples // cfg.batch_size)
     out, why = {}, {}
     for s in strategies:
         try:
-            run_cfg = cfg.replace(strategy=s, profile=cfg.profile)
-            layout = get_strategy(s).layout(run_cfg, workload_num_blocks(run_cfg))  # the layout that ran
-            p = predict(s, costs, cfg.devices, cfg.batch_size, steps, inflight=cfg.inflight, layout=layout)
+            run_cfg = label_cfg(cfg, s)
+            priced = costs if costs.modes else costs.priced(modes_for(run_cfg, costs))  # the modes that ran
+            layout = get_strategy(run_cfg.strategy).layout(run_cfg, workload_num_blocks(run_cfg))  # the layout that ran
+            p = predict(run_cfg.strategy, priced, cfg.devices, cfg.batch_size, steps, inflight=cfg.inflight,
+                        layout=layout)
             out[s] = p.epoch_s
         except Exception as e:  # noqa: BLE001 — reported beside the table, never silently dropped
             why[s] = " ".join(f"{type(e).__name__}: {e}".split())
@@ -123,10 +137,25 @@ def _is_nas(cfg: RunConfig) -> bool:
     return workload_facts(cfg.workload, cfg.resolution, cfg.width_mult, cfg.num_classes)[0]
 
 
+#: the label suffix and the pins of the fp32-contiguous baseline a ``--precision`` bench runs beside
+FP32_SUFFIX = ":fp32"
+FP32_PINS = {"teacher_precision": "fp32", "student_precision": "fp32", "memory_format": "contiguous", "modes": None}
+
+
+def strategy_of(label: str) -> str:
+    return label.removesuffix(FP32_SUFFIX)
+
+
+def label_cfg(cfg: RunConfig, label: str) -> RunConfig:
+    """The run configuration of a bench row: ``S`` as asked, ``S:fp32`` pinned to fp32 contiguous."""
+    return cfg.replace(strategy=strategy_of(label), **(FP32_PINS if label.endswith(FP32_SUFFIX) else {}))
+
+
 def bench(cfg: RunConfig, strategies: tuple[str, ...], *, repeats: int = 3, ideal: str = "profile",
-          max_reruns: int = 2, say=print) -> BenchResult:
+          max_reruns: int = 2, say=print, compare_modes: bool = False) -> BenchResult:
     """Profile (for the ideal), then ``repeats`` rotated rounds of ``strategies`` on ``cfg``, then up
-    to ``max_reruns`` rounds of the noisy strategies with ``dp``."""
+    to ``max_reruns`` rounds of the noisy strategies with ``dp``. ``compare_modes``: every
+    strategy also as ``S:fp32`` (fp32 contiguous), in the same rounds."""
     from .preflight import validate
 
     if repeats < 1:
@@ -135,6 +164,8 @@ def bench(cfg: RunConfig, strategies: tuple[str, ...], *, repeats: int = 3, idea
         raise ConfigError("--strategies names no strategy")
     validate(cfg.replace(strategy="sequential", devices=1, block_shards=None))  # workload, data, sizes, out
     t0 = time.perf_counter()
+    if compare_modes:
+        strategies = tuple(x for s in strategies for x in (s, s + FP32_SUFFIX))
     rows = {s: BenchRow(s) for s in strategies}
     costs, csv = None, cfg.profile
     if ideal != "none" or cfg.profile:
@@ -145,6 +176,11 @@ def bench(cfg: RunConfig, strategies: tuple[str, ...], *, repeats: int = 3, idea
         pcfg = cfg.replace(strategy="sequential", steps=cfg.steps, warmup=1)
         path = cfg.profile or os.path.join(cfg.out, "profiles", profile_name(cfg))
         costs, csv = group_costs(pcfg, mode, path=path, force=not cfg.profile, say=say, first_step=cfg.warmup)
+    raw = None
+    if csv:
+        from .costmodel import CostTable
+
+        raw = CostTable.from_csv(csv)
     per_sample = ideal_seconds_per_sample(costs, cfg.devices, cfg.batch_size) if costs is not None else None
     note = "" if per_sample is not None else "n/a (no profile / cost model)"
     samples = None  # the epoch size the runs extrapolate to
@@ -152,13 +188,15 @@ def bench(cfg: RunConfig, strategies: tuple[str, ...], *, repeats: int = 3, idea
     def run_round(r: int, names, label: str) -> None:
         nonlocal samples
         for s in rotated(names, r):
-            res = run_unit(cfg.replace(strategy=s, profile=csv, tag=cfg.tag or "bench", quiet=True,
-                                       ideal_seconds_per_sample=per_sample))
+            res = run_unit(label_cfg(cfg, s).replace(profile=csv, tag=cfg.tag or "bench", quiet=True,
+                                                     ideal_seconds_per_sample=per_sample))
             if res.status == "ok":
                 row = res.row
                 rows[s].epoch_times.append(float(row["epoch_time_s"]))
                 rows[s].rounds.append(r)
                 rows[s].plan = str(row.get("plan") or "")
+                rows[s].modes = str(row.get("modes") or "")
+                rows[s].samples = int(row["epoch_samples"])
                 rows[s].steps = int(row["steps_measured"])
                 rows[s].loads += [float(v) for v in (row.get("load_avg_start"), row.get("load_avg_end"))
                                   if v is not None and v == v]
@@ -194,10 +232,14 @@ def bench(cfg: RunConfig, strategies: tuple[str, ...], *, repeats: int = 3, idea
             + (" (given --profile: check it did)" if cfg.profile else ""))
     predicted, unpredicted = {}, {}
     if costs is not None and samples:
-        predicted, unpredicted = predictions(costs, cfg.replace(profile=csv), strategies, samples,
-                                             {k: r.plan for k, r in rows.items()})
+        predicted, unpredicted = predictions(raw if raw is not None else costs, cfg.replace(profile=csv), strategies,
+                                             samples, {k: r.plan for k, r in rows.items()})
+    from .costmodel import describe_modes
+    from .planner import modes_for
+
+    modes_table = describe_modes(modes_for(cfg.replace(profile=csv), raw), raw, cfg.batch_size)
     return BenchResult(cfg, rows, ideal_epoch, note, time.perf_counter() - t0, repeats, predicted, unpredicted,
-                       reruns)
+                       reruns, modes_table)
 
 
 def speedup_range(dp: BenchRow, row: BenchRow) -> tuple[float, float] | None:
@@ -222,13 +264,15 @@ def format_table(result: BenchResult) -> str:
              f"{'spread':>8}{'runs':>5}{'steps':>6}{'load':>10}  plan"]
     for s, r in result.rows.items():
         med = r.median
+        dp_row = result.rows.get("dp" + (FP32_SUFFIX if s.endswith(FP32_SUFFIX) else ""))  # dp in the same modes
+        dp_same = dp_row.median if dp_row is not None else None
         if med is None:
             why = r.errors[0][:90] if r.errors else "no run"
             lines.append(f"{s:<10}{'failed':>10}{'-':>9}{'-':>12}{'-':>6}{'-':>12}{'-':>10}{'-':>10}{'-':>8}{0:>5}{'-':>6}"
                          f"{'-':>10}  {why}")
             continue
-        sp = f"{dp_med / med:.2f}x" if dp_med else "n/a"
-        rr = speedup_range(dp, r) if dp is not None and len(r.epoch_times) > 1 else None
+        sp = f"{dp_same / med:.2f}x" if dp_same else "n/a"
+        rr = speedup_range(dp_row, r) if dp_row is not None and len(r.epoch_times) > 1 else None
         sp_rng = f"{rr[0]:.2f}-{rr[1]:.2f}" if rr else "-"
         eff = f"{ideal / med:.2f}" if ideal else "n/a"
         rng = f"{ideal / max(r.epoch_times):.2f}-{ideal / min(r.epoch_times):.2f}" if ideal else "n/a"
@@ -260,7 +304,32 @@ def format_table(result: BenchResult) -> str:
                      f"measured: {' < '.join(by_meas)}); worst ratio off by {worst:.0%}")
     for k, why in result.unpredicted.items():
         lines.append(f"no prediction for {k}: {why}")
+    lines += _modes_section(result)
     return "\n".join(lines)
+
+
+def _modes_section(result: BenchResult) -> list[str]:
+    """Per strategy, samples/s in its modes and in fp32 contiguous, the ratio and its range within
+    rounds; then the chosen mode of every block."""
+    pairs = [(s, s + FP32_SUFFIX) for s in result.rows if not s.endswith(FP32_SUFFIX)
+             and s + FP32_SUFFIX in result.rows]
+    lines = []
+    if pairs:
+        lines += ["", "compute modes: samples/s as configured (modes below) against fp32 contiguous, same rounds",
+                  f"{'strategy':<10}{'samples/s':>11}{'fp32 s/s':>10}{'ratio':>8}{'range':>12}  vs fp32 dp"]
+        dp32 = result.rows.get("dp" + FP32_SUFFIX)
+        for s, s32 in pairs:
+            a, b = result.rows[s], result.rows[s32]
+            if a.median is None or b.median is None:
+                lines.append(f"{s:<10}{'n/a':>11}")
+                continue
+            rr = speedup_range(b, a)
+            vs_dp = f"{dp32.median / a.median:.2f}x" if dp32 is not None and dp32.median else "n/a"
+            lines.append(f"{s:<10}{a.samples / a.median:>11.2f}{b.samples / b.median:>10.2f}{b.median / a.median:>7.2f}x"
+                         f"{(f'{rr[0]:.2f}-{rr[1]:.2f}' if rr else '-'):>12}  {vs_dp}")
+    if result.modes_table:
+        lines += ["", "compute modes per block:", *result.modes_table]
+    return lines
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -277,8 +346,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(f"bench: {', '.join(names)} x {args.repeats} rounds on {cfg.workload}, {cfg.devices} device(s)", flush=True)
     if args.max_reruns < 0:
         raise ConfigError(f"--max-reruns must be >= 0, got {args.max_reruns}")
+    asked = args.compare_modes or any(getattr(args, k, None) is not None for k in (
+        "precision", "teacher_precision", "student_precision", "memory_format", "modes"))
     result = bench(cfg, names, repeats=args.repeats, ideal=args.ideal, max_reruns=args.max_reruns,
-                   say=lambda m: print(m, flush=True))
+                   say=lambda m: print(m, flush=True), compare_modes=asked)
     print(format_table(result))
     return 0 if any(r.epoch_times for r in result.rows.values()) else 1
 
@@ -293,6 +364,8 @@ def add_cli(sub) -> None:
     p.add_argument("--repeats", type=int, default=3, help="rounds of every strategy, rotated order (default 3)")
     p.add_argument("--max-reruns", type=int, default=2, metavar="K",
                    help="extra rounds (with dp) for strategies whose rounds differ by more than 25 %% (default 2)")
+    p.add_argument("--compare-modes", action="store_true",
+                   help="also run every strategy in fp32 contiguous (rows S:fp32), as --precision X does")
     p.add_argument("--ideal", choices=("profile", "estimate", "none"), default="profile",
                    help="ideal from a profile measured now (default), from FLOP estimates, or none")
     # batch 128: per-step compute must dwarf per-step overheads (all-reduce, relays, barriers) for

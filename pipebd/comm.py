@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-__all__ = ["backend_for", "threads_per_rank", "init_process_group", "send", "recv_into", "set_host_staging",
+__all__ = ["backend_for", "threads_per_rank", "init_process_group", "dense", "wire", "send", "recv_into", "set_host_staging",
            "transport_device", "allreduce_sum_"]
 
 
@@ -68,14 +68,34 @@ def init_process_group(*, backend: str, rank: int, world_size: int, timeout_s: f
                             timeout=timedelta(seconds=timeout_s), init_method=None if store else "env://", **kw)
 
 
+def dense(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` itself if it is dense in its own memory format (contiguous or channels-last: a
+    row slice of either is), else a contiguous copy — a channels-last activation travels as is."""
+    if tensor.is_contiguous() or (tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last)):
+        return tensor
+    return tensor.contiguous()
+
+
+def wire(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous *view* of a :func:`dense` tensor, as the transport wants it: the tensor itself,
+    or a channels-last (N, C, H, W) one as its NHWC storage order ``permute(0, 2, 3, 1)`` — no copy,
+    and sender and receiver (a buffer of the same shape and format) agree on the bytes."""
+    if tensor.is_contiguous():
+        return tensor
+    if tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last):
+        return tensor.permute(0, 2, 3, 1)
+    raise ValueError(f"cannot send a tensor of strides {tensor.stride()} without a copy; pass it through dense()")
+
+
 def send(tensor: torch.Tensor, dst: int, *, group=None, tag: int = 0) -> dist.Work:
-    """Non-blocking send; the caller keeps ``tensor`` alive and unmodified until the work completes."""
-    return dist.isend(tensor.contiguous(), dst, group=group, tag=tag)
+    """Non-blocking send of ``tensor`` as :func:`dense` lays it out (the receiver's buffer has the
+    same dtype and format); the caller keeps it alive and unmodified until the work completes."""
+    return dist.isend(wire(dense(tensor)), dst, group=group, tag=tag)
 
 
 def recv_into(buffer: torch.Tensor, src: int, *, group=None, tag: int = 0) -> dist.Work:
-    """Non-blocking receive into a preallocated (contiguous) buffer."""
-    return dist.irecv(buffer, src, group=group, tag=tag)
+    """Non-blocking receive into a preallocated dense buffer (contiguous or channels-last: :func:`wire`)."""
+    return dist.irecv(wire(buffer), src, group=group, tag=tag)
 
 
 def allreduce_sum_(tensors: Sequence[torch.Tensor], *, group=None) -> None:

@@ -54,6 +54,11 @@ class RunConfig:
     plan: str | None = None  # ahd
     inflight: int = 2  # tr-dpu / ahd: batches in flight per link
     profile: str | None = None  # a profile CSV reused by planners
+    # compute modes (pipebd.modes): pins, or auto (chosen per block from the profile's candidates)
+    teacher_precision: str = "auto"  # fp32 | bf16 | auto
+    student_precision: str = "auto"  # fp32 | bf16 | auto
+    memory_format: str = "auto"  # contiguous | channels-last | auto
+    modes: str | None = None  # every block's modes pinned, BlockModes text ("teacher=bf16-cl*5;student=...")
     memory_limit: float | None = None  # bytes per device the planner may use (None: cuda total - margin, cpu unlimited)
     # run control
     threads: int | None = None  # threads per rank; default cores // ranks

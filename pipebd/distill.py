@@ -9,6 +9,11 @@ frozen in eval mode under ``no_grad``. Each student block has its own SGD optimi
 Every strategy trains through :class:`BlockTrainer`, so the math cannot drift between them:
 ``accumulate`` adds the gradient of one shard (weighted by its share of the batch, so uneven
 data-parallel splits average correctly), ``apply`` takes the optimizer step.
+
+Compute modes (:mod:`pipebd.modes`): a block runs in fp32 or under bf16 autocast (its weights,
+gradients and optimizer state stay fp32 — the autocast "master weights" recipe — and the loss is
+computed in fp32 from the bf16 output), contiguous or channels-last. In fp32 contiguous nothing
+differs from the plain recipe above.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .modes import FP32, Mode
 from .zoo.layers import sample_path
 
-__all__ = ["OptimConfig", "BlockTrainer", "block_loss", "teacher_forward", "shard_sizes"]
+__all__ = ["OptimConfig", "BlockTrainer", "block_loss", "teacher_forward", "teacher_block", "shard_sizes"]
 
 
 @dataclass(frozen=True)
@@ -40,10 +46,19 @@ def block_loss(output: torch.Tensor, target: torch.Tensor, *, last: bool) -> tor
 
 
 @torch.no_grad()
-def teacher_forward(blocks: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
-    for b in blocks:
-        x = b(x)
+def teacher_forward(blocks: list[nn.Module], x: torch.Tensor, modes: list[Mode] | None = None) -> torch.Tensor:
+    for i, b in enumerate(blocks):
+        x = teacher_block(b, x, FP32 if modes is None else modes[i])
     return x
+
+
+@torch.no_grad()
+def teacher_block(block: nn.Module, x: torch.Tensor, mode: Mode = FP32) -> torch.Tensor:
+    """One frozen teacher block in ``mode``; the output in the mode's dtype and format (what the
+    boundary stores and relays). ``block`` must already be in the mode's memory format."""
+    with mode.autocast(x.device):
+        y = block(mode.prepare(x))
+    return mode.output(y)
 
 
 def shard_sizes(total: int, parts: int) -> list[int]:
@@ -65,8 +80,10 @@ class BlockTrainer:
     seed: int
     optim: OptimConfig = field(default_factory=OptimConfig)
     paths: list[tuple[int, ...] | None] = field(default_factory=list)
+    mode: Mode = FP32  # precision and memory format of the forward/backward (pipebd.modes)
 
     def __post_init__(self) -> None:
+        self.mode.apply_to(self.block)
         self.block.train()
         self.optimizer = torch.optim.SGD(
             self.block.parameters(), lr=self.optim.lr, momentum=self.optim.momentum,
@@ -74,10 +91,16 @@ class BlockTrainer:
         )
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, self.total_steps))
         self.step_count = 0
+        self.current_step = -1
+        #: step -> this trainer's share of the batch loss (sum over its shards of weight × loss;
+        #: summed over the replicas of a block it is the batch's mean loss). Kept as tensors, so
+        #: recording it never synchronises a device inside a measured window.
+        self.loss_sums: dict[int, torch.Tensor] = {}
         self.optimizer.zero_grad(set_to_none=True)
 
     def begin(self, step: int) -> None:
         """Select the NAS path of ``step`` (a function of seed, block, step only)."""
+        self.current_step = step
         path = sample_path(self.block, seed=self.seed, block_index=self.index, step=step)
         if path is not None:
             self.block.set_path(path)
@@ -85,10 +108,13 @@ class BlockTrainer:
 
     def accumulate(self, x: torch.Tensor, target: torch.Tensor, *, weight: float = 1.0) -> torch.Tensor:
         """Forward + loss + backward of one shard; its loss counts ``weight`` of the batch's."""
-        out = self.block(x)
-        loss = block_loss(out, target, last=self.last)
+        with self.mode.autocast(x.device):
+            out = self.block(self.mode.prepare(x))
+        loss = block_loss(out.float(), target.float(), last=self.last)  # the loss in fp32 (no-ops in fp32)
         (loss * weight).backward()
-        return loss.detach()
+        loss = loss.detach()
+        self.loss_sums[self.current_step] = self.loss_sums.get(self.current_step, 0.0) + weight * loss
+        return loss
 
     def apply(self) -> None:
         """Optimizer and schedule step; clears the gradients."""
@@ -112,6 +138,10 @@ class BlockTrainer:
             lo += n
         self.apply()
         return loss
+
+    def losses(self) -> dict[int, float]:
+        """``{step: loss share}`` as floats (call after the run: it reads the device)."""
+        return {k: float(v) for k, v in self.loss_sums.items()}
 
     def state(self) -> dict:
         return {"block": self.block.state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -41,7 +41,7 @@ from .fileio import atomic_write, atomic_write_text
 
 __all__ = [
     "PHASES", "BUSY_PHASES", "RUN_COLUMNS", "RANK_COLUMNS", "EVENT_COLUMNS", "RankReport", "append_rows",
-    "rank_rows", "event_rows", "write_trace", "summarise", "window_period", "epoch_time", "with_ideal",
+    "rank_rows", "event_rows", "loss_rows", "LOSS_COLUMNS", "write_trace", "summarise", "window_period", "epoch_time", "with_ideal",
     "load_results",
 ]
 
@@ -57,11 +57,25 @@ RUN_COLUMNS = [
     "batch_size", "steps_measured", "warmup_steps", "measured_time_s", "throughput_sps", "epoch_samples",
     "epoch_time_s", "ideal_epoch_time_s", "efficiency", "mean_utilisation", "max_peak_memory_mb", "plan",
     "resolution", "width_mult", "data", "seed", "threads_per_rank", "git_commit", "torch_version", "hostname",
-    "mean_nvml_utilisation", "steady_period_s", "fill_drain_s", "load_avg_start", "load_avg_end",
+    "mean_nvml_utilisation", "steady_period_s", "fill_drain_s", "load_avg_start", "load_avg_end", "modes",
 ]
 RANK_COLUMNS = ["run_id", "workload", "strategy", "devices", "rank", "phase", "seconds", "fraction", "wall_s",
                 "utilisation", "peak_memory_mb", "nvml_utilisation"]
 EVENT_COLUMNS = ["run_id", "rank", "phase", "block", "step", "start_s", "end_s"]
+#: losses.csv: every block's batch loss per step (summed over the replicas' weighted shares)
+LOSS_COLUMNS = ["run_id", "workload", "strategy", "devices", "modes", "block", "step", "loss"]
+
+
+def loss_rows(run_id: str, run_row: dict, per_rank: list[dict]) -> list[dict]:
+    """losses.csv rows from every rank's ``{block: {step: loss share}}``: a block trained by
+    several replicas has its shares summed (each is weighted by its rows / batch)."""
+    total: dict[tuple[int, int], float] = {}
+    for losses in per_rank:
+        for block, steps in losses.items():
+            for step, v in steps.items():
+                total[(int(block), int(step))] = total.get((int(block), int(step)), 0.0) + v
+    base = {k: run_row.get(k) for k in ("workload", "strategy", "devices", "modes")}
+    return [{"run_id": run_id, **base, "block": b, "step": k, "loss": v} for (b, k), v in sorted(total.items())]
 
 
 @dataclass

@@ -15,9 +15,10 @@ from .config import RunConfig
 from .data import DataConfig
 from .zoo import Workload, WorkloadOptions, build_workload
 
-__all__ = ["workload_options", "workload_num_blocks", "data_config"]
+__all__ = ["workload_options", "workload_num_blocks", "workload_is_conv", "data_config"]
 
 _BLOCK_COUNTS: dict[tuple, int] = {}
+_CONV: dict[tuple, bool] = {}
 
 
 def workload_options(cfg: RunConfig) -> WorkloadOptions:
@@ -36,6 +37,18 @@ def workload_num_blocks(cfg: RunConfig) -> int:
                                                               num_classes=cfg.num_classes), probe=False)
         _BLOCK_COUNTS[key] = wl.num_blocks
     return _BLOCK_COUNTS[key]
+
+
+def workload_is_conv(cfg: RunConfig) -> bool:
+    """Whether ``cfg``'s workload has convolutions (4-D activations: channels-last can apply)."""
+    key = (cfg.workload, cfg.resolution, cfg.width_mult, cfg.num_classes)
+    if key not in _CONV:
+        with torch.device("meta"):
+            wl = build_workload(cfg.workload, WorkloadOptions(resolution=cfg.resolution, width_mult=cfg.width_mult,
+                                                              num_classes=cfg.num_classes), probe=False)
+        _BLOCK_COUNTS[key] = wl.num_blocks
+        _CONV[key] = any(isinstance(m, torch.nn.Conv2d) for b in wl.teacher + wl.student for m in b.modules())
+    return _CONV[key]
 
 
 def data_config(cfg: RunConfig, workload: Workload | None = None) -> DataConfig:

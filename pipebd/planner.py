@@ -45,10 +45,11 @@ from dataclasses import dataclass
 from .config import RunConfig
 from .errors import ConfigError, PlanError
 from .plan import Plan, Stage, split_rows
-from .costmodel import CostTable, StageCost, estimate_cost_table, stage_cost, stage_memory
+from .costmodel import CostTable, StageCost, choose_modes, estimate_cost_table, stage_cost, stage_memory
+from .modes import BlockModes, candidate_modes
 
 __all__ = ["PlanError", "PlanResult", "search", "plan", "plan_for", "pipeline_plan", "pipeline_plan_for",
-           "cost_table_for", "memory_limit_for", "check_plan_memory", "check_plan_memory_for", "CUDA_MARGIN"]
+           "cost_table_for", "raw_cost_table_for", "modes_for", "memory_limit_for", "check_plan_memory", "check_plan_memory_for", "CUDA_MARGIN"]
 
 log = logging.getLogger("pipebd.planner")
 
@@ -218,7 +219,41 @@ def plan(costs: CostTable, devices: int, batch_size: int, memory_limit_bytes: fl
 
 
 def cost_table_for(cfg: RunConfig) -> CostTable:
-    """``cfg.profile``'s table (checked against the workload), else a FLOP-based estimate."""
+    """``cfg.profile``'s table (checked against the workload), else a FLOP-based estimate, priced
+    for the run's compute modes (:func:`modes_for`)."""
+    raw = raw_cost_table_for(cfg)
+    return raw.priced(modes_for(cfg, raw))
+
+
+def modes_for(cfg: RunConfig, raw: CostTable | None = None) -> BlockModes:
+    """The compute mode of every block's teacher and student in ``cfg``'s run: the pins
+    (``--precision``, ``--teacher-precision``, ``--student-precision``, ``--memory-format``),
+    with ``auto`` chosen from the profile's candidates (:func:`pipebd.costmodel.choose_modes`;
+    fp32 contiguous without a profile that timed them)."""
+    from .options import workload_is_conv, workload_num_blocks
+
+    if cfg.modes:
+        modes = BlockModes.from_text(cfg.modes)
+        if modes.num_blocks != workload_num_blocks(cfg):
+            raise ConfigError(f"--modes names {modes.num_blocks} blocks but {cfg.workload} has "
+                              f"{workload_num_blocks(cfg)}; give one mode per block (mode*k repeats one k times)")
+        if not workload_is_conv(cfg) and any(m.channels_last for m in modes.teacher + modes.student):
+            raise ConfigError("--modes: channels-last (-cl) applies to convolutional workloads only")
+        return modes
+    conv = workload_is_conv(cfg)
+    teacher = candidate_modes(cfg.teacher_precision, cfg.memory_format, conv=conv)
+    student = candidate_modes(cfg.student_precision, cfg.memory_format, conv=conv)
+    n = workload_num_blocks(cfg)
+    if len(teacher) == 1 and len(student) == 1:
+        return BlockModes.uniform(n, teacher[0], student[0])
+    if raw is None:
+        raw = raw_cost_table_for(cfg) if cfg.profile else None
+    return choose_modes(raw if raw is not None and raw.source == "profile" else None, n, teacher, student)
+
+
+def raw_cost_table_for(cfg: RunConfig) -> CostTable:
+    """``cfg.profile``'s table as measured (every mode's times; checked against the workload), else a
+    FLOP-based estimate."""
     from .options import workload_num_blocks
     from .zoo import canonical_name
 

@@ -87,6 +87,12 @@ def validate(cfg: RunConfig) -> None:
         num_blocks = workload_num_blocks(cfg)
     except WorkloadError as e:
         raise ConfigError(str(e)) from None
+    from .planner import modes_for
+
+    # after the workload's own checks: bad pins (or channels-last without convolutions) stop here
+    modes = modes_for(cfg)
+    if cfg.device_type == "cuda" and modes.lossy and not torch.cuda.is_bf16_supported():
+        raise ConfigError("bf16 compute asked for (or chosen), but this GPU does not support bf16; use --precision fp32")
     strategy.validate(cfg, num_blocks)
     _check_teacher_weights(cfg)
     _check_writable(cfg.out, "--out", "output directory")

@@ -1,7 +1,8 @@
 """What a profiling rank measures of communication (a mixin of :class:`pipebd.profile_measure.RankProfiler`).
 
 - relay: half the round trip of a real ``send``/``recv`` ping-pong of the activation entering
-  each block, for each candidate batch, on rank pairs (0,1), (2,3), … simultaneously;
+  each block, for each candidate batch, on rank pairs (0,1), (2,3), … simultaneously; again in
+  bf16 (``mode`` ``bf16``: half the bytes) when a bf16 teacher is a candidate;
 - all-reduce of each block's student gradients (a flat buffer of the gradient bytes one step
   produces) over groups ``{0..g-1}`` made with ``dist.new_group``, for ``g = 2..N``;
 - a barrier over all ranks.
@@ -41,6 +42,9 @@ class CommMeasurements:
                 nbytes = self.act_bytes[k] * b
                 self._row("relay", block=k, batch=b, seconds=lat + nbytes / p2p, bytes=nbytes,
                           note=f"modelled: {lat:g} s + bytes / {p2p:g} B/s {why}")
+                if any(m.bf16 for m in self.teacher_modes):
+                    self._row("relay", block=k, batch=b, seconds=lat + nbytes / 2 / p2p, bytes=nbytes // 2,
+                              mode="bf16", note=f"modelled: {lat:g} s + bytes / {p2p:g} B/s {why}")
         for i, nbytes in enumerate(self.grad_bytes):
             for g in range(2, self.groups + 1):
                 self._row("allreduce", block=i, group=g, bytes=nbytes,
@@ -54,27 +58,27 @@ class CommMeasurements:
             return self._modelled()
         paired = self.rank < self.world - self.world % 2
         partner = self.rank ^ 1
-        for k in range(1, self.n):
+        dtypes = [("", torch.float32)] + ([("bf16", torch.bfloat16)] if any(m.bf16 for m in self.teacher_modes) else [])
+        for (label, dtype), k, b in ((d, k, b) for d in dtypes for k in range(1, self.n) for b in self.batches):
             shape = self.wl.boundary_shapes[k]
-            for b in self.batches:
-                self._boundary()
-                if self.world < 2 or not paired:
-                    continue
-                buf = torch.zeros((b, *shape), device=transport_device(self.device))
+            self._boundary()
+            if self.world < 2 or not paired:
+                continue
+            buf = torch.zeros((b, *shape), dtype=dtype, device=transport_device(self.device))
 
-                def pingpong() -> None:
-                    if self.rank % 2 == 0:
-                        dist.send(buf, partner)
-                        dist.recv(buf, partner)
-                    else:
-                        dist.recv(buf, partner)
-                        dist.send(buf, partner)
-
-                pingpong()
-                times = [self._wall(pingpong) / 2 for _ in range(self.opts.comm_trials)]
+            def pingpong() -> None:
                 if self.rank % 2 == 0:
-                    self._row("relay", block=k, batch=b, seconds=statistics.median(times),
-                              bytes=buf.numel() * buf.element_size())
+                    dist.send(buf, partner)
+                    dist.recv(buf, partner)
+                else:
+                    dist.recv(buf, partner)
+                    dist.send(buf, partner)
+
+            pingpong()
+            times = [self._wall(pingpong) / 2 for _ in range(self.opts.comm_trials)]
+            if self.rank % 2 == 0:
+                self._row("relay", block=k, batch=b, seconds=statistics.median(times),
+                          bytes=buf.numel() * buf.element_size(), **({"mode": label} if label else {}))
 
     def _allreduce(self, groups: dict) -> None:
         sizes = [self.grad_bytes]

@@ -23,7 +23,15 @@ and starts each configuration at the same barrier:
   resident does not condemn a block: the ranks agree to re-measure from then on in *lean*
   mode, each block with only its own teacher and student on the device (the others offloaded
   to the host), and only a block that does not fit even alone is marked infeasible;
-- relay, all-reduce and barrier: :mod:`pipebd.profile_comm`;
+- every candidate compute mode (:mod:`pipebd.modes`: bf16 autocast, channels-last, allowed by
+  the run's pins; fp32 contiguous is the base): after the fp32 chain at each batch, the same
+  chain again per mode — teacher blocks in the mode (when the teacher may use it) on the mode's
+  activations, every student in the mode (a fresh trainer, warmed like the first: one untimed
+  trial, and for supernets one step on every choice index) — recorded with the CSV's ``mode``
+  column, so :func:`pipebd.costmodel.choose_modes` picks per block and part (resident blocks
+  only: a lean, out-of-memory profile times fp32 alone);
+- relay, all-reduce and barrier: :mod:`pipebd.profile_comm` (relays also in bf16 when a bf16
+  teacher is a candidate: a bf16 activation is half the bytes);
 - data loading at each candidate batch (each rank loads its own shards) and a barrier.
 
 """
@@ -40,9 +48,10 @@ import torch.distributed as dist
 
 from .config import RunConfig
 from .data import DataSource
-from .distill import BlockTrainer, OptimConfig
+from .distill import BlockTrainer, OptimConfig, teacher_block
+from .modes import FP32, Mode, candidate_modes
 from .faults import Heartbeat, parse_fault
-from .options import data_config, workload_options
+from .options import data_config, workload_is_conv, workload_options
 from .profile_comm import CommMeasurements
 from .profile_options import ProfileOptions
 from .zoo import build_workload
@@ -86,6 +95,11 @@ class RankProfiler(CommMeasurements):
         self.grad_bytes = [0] * self.n
         self.rows: list[dict] = []
         self.lean = False  # one block resident at a time (after an out-of-memory with all resident)
+        conv = workload_is_conv(cfg)
+        self.teacher_modes = candidate_modes(cfg.teacher_precision, cfg.memory_format, conv=conv)
+        self.student_modes = candidate_modes(cfg.student_precision, cfg.memory_format, conv=conv)
+        #: the modes timed after fp32 contiguous (the base rows)
+        self.extra_modes = [m for m in dict.fromkeys(self.teacher_modes + self.student_modes) if m != FP32]
 
     def _row(self, kind: str, **kw) -> None:
         self.rows.append({"kind": kind, "rank": self.rank, **kw})
@@ -219,7 +233,10 @@ class RankProfiler(CommMeasurements):
                 oom = True
                 self._free()
             x = y
-        return self._time_chain(b, x0, chain) or oom  # x0 None: barriers only, so every rank meets them
+        failed = self._time_chain(b, x0, chain) or oom  # x0 None: barriers only, so every rank meets them
+        for mode in self.extra_modes:
+            self._time_mode(b, None if failed else x0, mode)
+        return failed
 
     def _compute_lean(self, b: int) -> None:
         """Each block alone on the device (teacher ``i`` and student ``i``; the rest on the host):
@@ -279,7 +296,46 @@ class RankProfiler(CommMeasurements):
         if self.cuda:
             torch.cuda.empty_cache()
 
-    def _time_chain(self, b: int, x0: torch.Tensor | None, chain: dict[int, BlockTrainer]) -> bool:
+    def _time_mode(self, b: int, x0: torch.Tensor | None, mode: Mode) -> None:
+        """The chain again with teacher and students in ``mode`` (where their pins allow it), fresh
+        trainers; rows tagged with the mode. Modules go back to contiguous afterwards."""
+        tmode = mode if mode in self.teacher_modes else FP32
+        smode = mode if mode in self.student_modes else None
+        chain: dict[int, BlockTrainer] = {}
+        if x0 is not None:
+            try:
+                for t in self.teachers:
+                    tmode.apply_to(t)
+                x = x0
+                for i in range(self.n):
+                    y = teacher_block(self.teachers[i], x, tmode)
+                    if smode is not None:
+                        chain[i] = self._trainer(i, smode, x, y)
+                    x = y
+            except Exception as e:  # noqa: BLE001
+                if not _is_oom(e):
+                    raise
+                x0 = None  # this mode is not timed at this batch; every rank still meets the barriers
+        self._time_chain(b, x0, chain, teacher_mode=tmode, mode=mode.label,
+                         teacher_rows=tmode == mode)
+        for m in self.teachers + self.students:
+            m.to(memory_format=torch.contiguous_format)
+        self._free()
+
+    def _trainer(self, i: int, mode: Mode, x: torch.Tensor, y: torch.Tensor) -> BlockTrainer:
+        """A warmed trainer of student ``i`` in ``mode`` (supernets: one step per choice index)."""
+        cfg, block = self.cfg, self.students[i]
+        trainer = BlockTrainer(index=i, block=block, last=i == self.n - 1, total_steps=10**6, seed=cfg.seed,
+                               optim=OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay), mode=mode)
+        if getattr(block, "is_supernet", False):
+            for c in range(max(block.choices_per_cell)):
+                block.set_path(tuple(min(c, m - 1) for m in block.choices_per_cell))
+                trainer.accumulate(x, y)
+                trainer.apply()
+        return trainer
+
+    def _time_chain(self, b: int, x0: torch.Tensor | None, chain: dict[int, BlockTrainer], *,
+                    teacher_mode: Mode = FP32, mode: str = "", teacher_rows: bool = True) -> bool:
         """Time teacher and student of every block the way a Pipe-BD stage executes them: per
         trial, the teacher chain on fresh activations, then every student, all ranks at once.
         (Timing each block in isolation on a reused input measured memory-bound teacher blocks
@@ -301,7 +357,7 @@ class RankProfiler(CommMeasurements):
                 for i in range(self.n):
                     with torch.no_grad():
                         box = []
-                        t = self._time(lambda: box.append(self.teachers[i](acts[-1])))
+                        t = self._time(lambda: box.append(teacher_block(self.teachers[i], acts[-1], teacher_mode)))
                     acts.append(box[0])
                     if trial:
                         t_times[i].append(t)
@@ -323,12 +379,14 @@ class RankProfiler(CommMeasurements):
             chain.clear()
             self._free()
             return True
+        tag = {"mode": mode} if mode else {}
         for i in range(self.n):
-            self._row("teacher", block=i, batch=b, seconds=statistics.median(t_times[i]))
+            if teacher_rows:
+                self._row("teacher", block=i, batch=b, seconds=statistics.median(t_times[i]), **tag)
             if i in chain:
                 supernet = getattr(chain[i].block, "is_supernet", False)
                 central = statistics.mean if supernet else statistics.median
-                self._row("student", block=i, batch=b, seconds=central(s_times[i]))
+                self._row("student", block=i, batch=b, seconds=central(s_times[i]), **tag)
         chain.clear()
         return False
 

@@ -138,14 +138,14 @@ def _write(cfg: RunConfig, opts: ProfileOptions, rows: list[dict]) -> None:
     """Combine the ranks' rows (median seconds, max bytes, all must be feasible) and write the CSV."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        groups[(r["kind"], r.get("block"), r.get("batch"), r.get("group"))].append(r)
+        groups[(r["kind"], r.get("block"), r.get("batch"), r.get("group"), r.get("mode") or "")].append(r)
     meta = {"workload": cfg.workload, "device_type": cfg.device_type, "devices": cfg.devices,
             "batch_size": cfg.batch_size, "source": "profile"}
     out = []
     order = {k: i for i, k in enumerate(("teacher", "student", "memory", "static_memory", "activation", "relay",
                                          "allreduce", "data", "barrier", "capacity"))}
-    for (kind, block, batch, group), rs in sorted(
-            groups.items(), key=lambda kv: (order[kv[0][0]], *(-1 if v is None else v for v in kv[0][1:]))):
+    for (kind, block, batch, group, mode), rs in sorted(
+            groups.items(), key=lambda kv: (kv[0][4], order[kv[0][0]], *(-1 if v is None else v for v in kv[0][1:4]))):
         feasible = min(int(r.get("feasible", 1)) for r in rs)
         secs = [r["seconds"] for r in rs if r.get("seconds") is not None]
         nbytes = [r["bytes"] for r in rs if r.get("bytes") is not None]
@@ -155,7 +155,7 @@ def _write(cfg: RunConfig, opts: ProfileOptions, rows: list[dict]) -> None:
         out.append({"kind": kind, "block": block, "batch": batch, "group": group,
                     "seconds": statistics.median(secs) if secs and feasible else None,
                     "bytes": max(nbytes) if nbytes and feasible else None, "feasible": feasible, "ranks": len(rs),
-                    "trials": trials if measured else None, "note": note, **meta})
+                    "trials": trials if measured else None, "note": note, **meta, "mode": mode})
     CostTable.from_rows(out)  # refuse to write a table that cannot be read back
     write_csv(opts.out, out, CSV_COLUMNS)
 

@@ -234,6 +234,7 @@ class Recorder:
         self.windows: list[tuple[float, float]] = []
         self.pipelined: list[bool] = []  # per window: do its steps overlap across ranks?
         self.plan = ""
+        self.modes = ""  # the schedule's compute modes (pipebd.modes text; "": fp32 contiguous)
         self._clock = clock if clock is not None else make_clock(device)
         self._measuring = False
         self._open: list = []  # the open window's spans, with unresolved marks
@@ -298,7 +299,8 @@ class Recorder:
         return RankReport(rank=self.rank, wall_s=sum(e - s for s, e in self.windows), events=list(self.events),
                           peak_memory_mb=peak_memory_mb(self.device),
                           nvml_utilisation=self._sampler.mean() if self._sampler is not None else None,
-                          plan=self.plan, extra={"windows": list(self.windows), "pipelined": list(self.pipelined)},
+                          plan=self.plan, extra={"windows": list(self.windows), "pipelined": list(self.pipelined),
+                                                     "modes": self.modes},
                           t0_unix=self._t0_unix)
 
 

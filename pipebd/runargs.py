@@ -54,6 +54,20 @@ def add_run_options(p: argparse.ArgumentParser, *, strategy: bool = True) -> Non
     g.add_argument("--memory-limit", type=parse_bytes, default=None, metavar="BYTES",
                    help="memory per device the planner may use, e.g. 70GiB or 8e9 (cuda default: the device's "
                         "total minus a margin; cpu: unlimited)")
+    g = p.add_argument_group("compute modes (pipebd.modes; auto: chosen per block from the profile)")
+    g.add_argument("--precision", default=None, choices=("fp32", "bf16", "auto"),
+                   help="teacher and student precision: bf16 autocast (fp32 master weights, optimizer state and "
+                        "loss) or fp32; auto (default) picks per block from the profile, fp32 without one")
+    g.add_argument("--teacher-precision", default=None, choices=("fp32", "bf16", "auto"),
+                   help="the teacher forward's precision (overrides --precision)")
+    g.add_argument("--student-precision", default=None, choices=("fp32", "bf16", "auto"),
+                   help="the students' precision (overrides --precision)")
+    g.add_argument("--memory-format", default=None, choices=("auto", "contiguous", "channels-last"),
+                   help="convolutional activations and weights NCHW (contiguous) or NHWC (channels-last); auto "
+                        "(default) picks per block from the profile")
+    g.add_argument("--modes", default=None, metavar="TEXT",
+                   help="pin every block's modes, as `schedule` and runs.csv print them, e.g. "
+                        "'teacher=bf16-cl*5;student=fp32-cl*2,bf16-cl*3' (overrides the three above)")
     g = p.add_argument_group("run control")
     g.add_argument("--threads", type=int, default=None, help="threads per rank (default: cores ÷ ranks)")
     g.add_argument("--timeout", type=float, default=d.timeout, help="seconds any communication may wait")
@@ -92,6 +106,12 @@ def parse_bytes(text: str) -> float:
 def config_from_args(args: argparse.Namespace, **override) -> RunConfig:
     fields = RunConfig.__dataclass_fields__
     kw = {k: v for k, v in vars(args).items() if k in fields}
+    both = getattr(args, "precision", None)
+    for part in ("teacher_precision", "student_precision"):  # --X-precision, else --precision, else auto
+        if part in kw:
+            kw[part] = kw[part] or both or "auto"
+    if "memory_format" in kw:
+        kw["memory_format"] = kw["memory_format"] or "auto"
     if "plugins" in kw:
         kw["plugins"] = tuple(kw["plugins"])
     kw.update(override)

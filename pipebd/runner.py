@@ -148,6 +148,7 @@ def rank_main(rank: int, cfg: RunConfig, run_id: str, *, store: dist.Store | Non
         payload = {
             "report": report,
             "paths": {i: t.paths for i, t in trainers.items()},
+            "losses": {i: t.losses() for i, t in ctx.trainers.items()},  # every replica's share
             "weights": ({i: {k: v.detach().cpu() for k, v in t.block.state_dict().items()} for i, t in trainers.items()}
                         if cfg.save_weights else {}),
         }
@@ -237,10 +238,14 @@ def _write_results(cfg: RunConfig, run_id: str, workload, data: DataSource, gath
         "data": cfg.data, "seed": cfg.seed, "threads_per_rank": torch.get_num_threads(),
         "git_commit": git_commit(), "torch_version": torch.__version__, "hostname": socket.gethostname(),
         "load_avg_start": load_start, "load_avg_end": _load_average(),
+        "modes": reports[0].extra.get("modes") or "",
     }
     if cfg.ideal_seconds_per_sample is not None:
         row = metrics.with_ideal(row, cfg.ideal_seconds_per_sample * data.epoch_samples)
     out = cfg.out
+    metrics.append_rows(os.path.join(out, "losses.csv"), metrics.loss_rows(run_id, row, [g.get("losses", {})
+                                                                                      for g in gathered]),
+                        metrics.LOSS_COLUMNS)
     metrics.append_rows(os.path.join(out, "ranks.csv"), metrics.rank_rows(run_id, row, reports), metrics.RANK_COLUMNS)
     if cfg.trace:
         metrics.append_rows(os.path.join(out, "events.csv"), metrics.event_rows(run_id, reports), metrics.EVENT_COLUMNS)

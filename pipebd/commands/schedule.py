@@ -20,7 +20,8 @@ import os
 from ..runargs import add_run_options, config_from_args
 from ..costmodel import epoch_steps, replay
 from ..metrics import RankReport, event_rows, write_trace
-from ..planner import cost_table_for
+from ..costmodel import describe_modes
+from ..planner import cost_table_for, modes_for, raw_cost_table_for
 from ..options import workload_num_blocks
 from ..preflight import validate
 from ..runtime.interpreter import SPAN_PHASE
@@ -53,6 +54,10 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
     nb = workload_num_blocks(cfg)
     sched = cls.schedule_for(cfg, nb)
     print(format_grid(sched, columns=args.columns or None))
+    raw = raw_cost_table_for(cfg)
+    modes = modes_for(cfg, raw)
+    print(f"compute modes ({'pinned' if cfg.modes else 'chosen per block from the profile' if raw.has_modes() else 'no profile of the candidates: fp32 contiguous unless pinned'}): {modes}")
+    print("\n".join(describe_modes(modes, raw)))
     costs = cost_table_for(cfg)
     timeline = replay(sched, costs)
     measured = timeline.measured_s()

@@ -7,7 +7,7 @@ import argparse
 from collections import defaultdict
 
 from ..config import ConfigError
-from ..costmodel import CostTable, epoch_steps, write_csv
+from ..costmodel import CostTable, auto_priced, epoch_steps, write_csv
 from ..strategies import strategy_names
 from ..strategies.predict import IDEAL, predict
 
@@ -33,7 +33,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"cannot predict strategy {', '.join(map(repr, unknown))}; --strategies takes a "
                           f"comma-separated subset of {','.join(known)}")
-    costs = CostTable.from_csv(args.profile)
+    costs, modes = auto_priced(CostTable.from_csv(args.profile), teacher_precision=args.teacher_precision or args.precision,
+                               student_precision=args.student_precision or args.precision,
+                               memory_format=args.memory_format)
     batch = args.batch_size or costs.batch_size
     if not batch:
         raise ConfigError(f"{args.profile!r} records no batch size; pass --batch-size B")
@@ -65,6 +67,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                          "workload": costs.workload, "profile": args.profile})
     print(f"predicted epoch time in seconds (speedup over dp), {costs.workload or 'workload'}, batch {batch}, "
           f"{steps} steps/epoch, costs: {costs.source or 'profile'} on {costs.device_type or '?'}")
+    print(f"  compute modes: {modes}" + ("" if costs.modes or modes.is_fp32_contiguous else ""))
     for gap in costs.gaps(max(args.devices)):
         print(f"  note: {gap}")
     width = 20
@@ -95,4 +98,9 @@ def add_cli(sub) -> None:
     p.add_argument("--memory-limit", type=float, default=None, metavar="GB", help="ahd: per-device memory limit")
     p.add_argument("--strategies", default=None, help="comma-separated strategies (default: every registered one, and ideal)")
     p.add_argument("--out", default=None, metavar="CSV", help="write the predictions as a CSV")
+    p.add_argument("--precision", default="auto", choices=("fp32", "bf16", "auto"),
+                   help="price teacher and students in this precision (auto: per block, the profile's fastest)")
+    p.add_argument("--teacher-precision", default=None, choices=("fp32", "bf16", "auto"))
+    p.add_argument("--student-precision", default=None, choices=("fp32", "bf16", "auto"))
+    p.add_argument("--memory-format", default="auto", choices=("auto", "contiguous", "channels-last"))
     p.set_defaults(func=_cmd_simulate)

@@ -18,6 +18,13 @@ one profiled device could use), ``activation_bytes[k]`` (bytes per sample of the
 entering block ``k``; ``k = n`` is the logits) and ``barrier[g]`` (seconds of a barrier over ``g``
 ranks).
 
+**Compute modes** (:mod:`pipebd.modes`). ``teacher``, ``student`` and ``relay`` hold the times of
+the modes the table is priced for (``modes``; empty: fp32, contiguous everywhere). The profiler
+also times each block in every candidate mode (bf16 autocast, channels-last); those rows are kept
+in ``variants`` (``"teacher:3:bf16-cl" -> {rows: seconds}``; relays by the activation's dtype,
+``"relay:2:bf16"``) and the CSV's ``mode`` column. :meth:`CostTable.priced` returns the table
+priced for a :class:`~pipebd.modes.BlockModes` — what the planner and the cost model then use.
+
 Times are measured at a few per-replica batch sizes (the profiler uses ``ceil(B/g)``,
 ``g = 1..G``, ``G = --replica-groups``, at least 4) and are a function of the row count
 (:mod:`pipebd.costfit`): exact at measured points, linear between them, and outside them a
@@ -30,6 +37,7 @@ round-trips through a tidy CSV (:data:`CSV_COLUMNS`) and JSON.
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import json
@@ -48,10 +56,16 @@ __all__ = ["CostTable", "CSV_COLUMNS", "candidate_batches", "write_csv"]
 
 #: Columns of the tidy profile CSV (:meth:`CostTable.to_csv` / :meth:`CostTable.from_csv`).
 CSV_COLUMNS = ["kind", "block", "batch", "group", "seconds", "bytes", "feasible", "ranks", "trials", "note",
-               "workload", "device_type", "devices", "batch_size", "source"]
+               "workload", "device_type", "devices", "batch_size", "source", "mode"]
+
+#: kinds whose rows may name a compute mode (the others are mode-independent)
+MODED_KINDS = ("teacher", "student", "relay")
 
 _KINDS = ("teacher", "student", "relay", "allreduce", "memory", "static_memory", "activation", "data", "barrier",
           "capacity")
+
+
+_CSV_CACHE: dict[tuple, "CostTable"] = {}
 
 
 def candidate_batches(batch_size: int, devices: int) -> list[int]:
@@ -97,6 +111,8 @@ class CostTable:
     data: dict[int, float] = field(default_factory=dict)  # seconds to load b rows (else data_per_sample * b)
     capacity: float = 0.0  # bytes one profiled device could use (0: unknown)
     modelled: tuple[str, ...] = ()  # kinds whose values a model gave (one-rank profile), not a measurement
+    variants: dict[str, dict[int, float]] = field(default_factory=dict)  # "kind:block:mode" -> {rows: s}
+    modes: str = ""  # the BlockModes text teacher/student/relay are priced for ("": fp32 contiguous)
 
     def __post_init__(self) -> None:
         n = self.num_blocks
@@ -111,6 +127,7 @@ class CostTable:
         self.barrier = _intkeys(self.barrier)
         self.data = _intkeys(self.data)
         self.modelled = tuple(self.modelled)
+        self.variants = {str(k): _intkeys(v) for k, v in self.variants.items()}
         self.validate()
 
     # ---- checks -------------------------------------------------------------------------
@@ -234,10 +251,10 @@ class CostTable:
                 "batch_size": self.batch_size, "source": self.source}
         rows: list[dict] = []
 
-        def add(kind, block=None, batch=None, group=None, seconds=None, nbytes=None, feasible=1):
+        def add(kind, block=None, batch=None, group=None, seconds=None, nbytes=None, feasible=1, mode=""):
             rows.append({"kind": kind, "block": block, "batch": batch, "group": group, "seconds": seconds,
                          "bytes": nbytes, "feasible": feasible, "ranks": None, "trials": None,
-                         "note": "modelled" if kind in self.modelled else "", **meta})
+                         "note": "modelled" if kind in self.modelled else "", **meta, "mode": mode})
 
         for i in range(self.num_blocks):
             for b, t in sorted(self.teacher[i].items()):
@@ -263,6 +280,10 @@ class CostTable:
             add("barrier", group=g, seconds=t)
         if self.capacity:
             add("capacity", nbytes=self.capacity)
+        for key, pts in sorted(self.variants.items()):
+            kind, block, mode = _variant_key(key)
+            for b, t in sorted(pts.items()):
+                add(kind, block, b, seconds=None if math.isinf(t) else t, feasible=int(not math.isinf(t)), mode=mode)
         return rows
 
     @classmethod
@@ -272,6 +293,7 @@ class CostTable:
         if not rows:
             raise ConfigError("the cost table is empty (no rows); re-run `python -m pipebd profile`")
         acc: dict[tuple, list[float]] = defaultdict(list)
+        variants: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
         meta: dict[str, object] = {}
         modelled: set[str] = set()
         blocks = -1
@@ -290,6 +312,14 @@ class CostTable:
             if feasible == 0 and kind in ("teacher", "student"):
                 value = math.inf
             if value is None:
+                continue
+            mode = str(r.get("mode") or "").strip()
+            if mode in ("nan", "fp32"):
+                mode = ""
+            if mode and kind in MODED_KINDS:
+                if batch is None or batch < 1:
+                    raise ConfigError(f"cost table row {kind} block {block} mode {mode} needs a batch size >= 1")
+                variants[f"{kind}:{block}:{mode}"][batch].append(value)
                 continue
             acc[(kind, block, batch, group)].append(value)
             if str(r.get("note") or "").startswith("modelled"):
@@ -343,17 +373,29 @@ class CostTable:
                    workload=str(meta.get("workload", "")), device_type=str(meta.get("device_type", "")),
                    devices=int(meta.get("devices", 0) or 0), batch_size=int(meta.get("batch_size", 0) or 0),
                    source=str(meta.get("source", "")), data=data if len(data) > 1 else {}, capacity=capacity,
-                   modelled=tuple(k for k in _KINDS if k in modelled))
+                   modelled=tuple(k for k in _KINDS if k in modelled),
+                   variants={k: {b: _median(v) for b, v in pts.items()} for k, pts in variants.items()
+                             if _variant_key(k)[1] < n})
 
     def to_csv(self, path: str) -> None:
         write_csv(path, self.to_rows(), CSV_COLUMNS)
 
     @classmethod
     def from_csv(cls, path: str) -> "CostTable":
-        """Read a profile CSV written by ``python -m pipebd profile`` (or :meth:`to_csv`)."""
+        """Read a profile CSV written by ``python -m pipebd profile`` (or :meth:`to_csv`); a file
+        read before and unchanged since (same size and modification time) is not parsed again."""
         if not os.path.isfile(path):
             raise ConfigError(f"profile {path!r} does not exist; write one with `python -m pipebd profile "
                               f"--workload W --devices N --batch-size B --out {path}`")
+        st = os.stat(path)
+        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+        if key not in _CSV_CACHE:
+            _CSV_CACHE.clear()  # one profile at a time is what a process reads
+            _CSV_CACHE[key] = cls._read_csv(path)
+        return copy.deepcopy(_CSV_CACHE[key])
+
+    @classmethod
+    def _read_csv(cls, path: str) -> "CostTable":
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             missing = {"kind", "block", "batch", "seconds"} - set(reader.fieldnames or ())
@@ -381,4 +423,62 @@ class CostTable:
         return dataclasses.replace(self, num_blocks=hi - lo, teacher=self.teacher[lo:hi], student=self.student[lo:hi],
                                    relay=self.relay[lo:hi], allreduce=self.allreduce[lo:hi],
                                    memory=self.memory[lo:hi], static_memory=self.static_memory[lo:hi],
-                                   activation_bytes=self.activation_bytes[lo:hi + 1])
+                                   activation_bytes=self.activation_bytes[lo:hi + 1], variants={})
+
+    # ---- compute modes ------------------------------------------------------------------
+    def mode_times(self, part: str, block: int) -> dict[str, dict[int, float]]:
+        """``{mode label: {rows: seconds}}`` of ``part`` (teacher / student) of ``block``: every
+        mode the profile timed (fp32 is the base row, when the table is unpriced)."""
+        if self.modes:
+            raise ValueError("mode_times() reads an unpriced table (CostTable.priced returns a priced copy)")
+        out = {"fp32": getattr(self, part)[block]}
+        for key, pts in self.variants.items():
+            kind, b, mode = _variant_key(key)
+            if kind == part and b == block:
+                out[mode] = pts
+        return out
+
+    def has_modes(self) -> bool:
+        """Whether the profile timed any block in a mode other than fp32, contiguous."""
+        return any(_variant_key(k)[0] in ("teacher", "student") for k in self.variants)
+
+    def priced(self, modes) -> "CostTable":
+        """This table priced for ``modes`` (a :class:`~pipebd.modes.BlockModes`): each block's
+        teacher and student times of its chosen mode, each relay at its activation's dtype and
+        activation bytes scaled to it. A mode the profile did not time keeps the fp32 time
+        (listed by :meth:`unpriced`)."""
+        if self.modes:
+            if self.modes == modes.to_text():
+                return self
+            raise ValueError("the table is already priced for " + self.modes)
+        if modes.num_blocks != self.num_blocks:
+            raise ValueError(f"modes for {modes.num_blocks} blocks, table of {self.num_blocks}")
+        if modes.is_fp32_contiguous:
+            return self
+        teacher = [self.variants.get(f"teacher:{i}:{m.label}", self.teacher[i]) if m.label != "fp32"
+                   else self.teacher[i] for i, m in enumerate(modes.teacher)]
+        student = [self.variants.get(f"student:{i}:{m.label}", self.student[i]) if m.label != "fp32"
+                   else self.student[i] for i, m in enumerate(modes.student)]
+        relay = list(self.relay)
+        act = list(self.activation_bytes)
+        for k in range(1, self.num_blocks + 1):
+            m = modes.boundary(k)
+            act[k] = act[k] * m.bytes_per_element / 4
+            if k < self.num_blocks and m.bf16:
+                relay[k] = self.variants.get(f"relay:{k}:bf16", relay[k])
+        return dataclasses.replace(self, teacher=teacher, student=student, relay=relay, activation_bytes=act,
+                                   modes=modes.to_text())
+
+    def unpriced(self, modes) -> list[str]:
+        """The parts of ``modes`` this (unpriced) table has no time for (they are priced as fp32)."""
+        out = []
+        for part in ("teacher", "student"):
+            for i, m in enumerate(getattr(modes, part)):
+                if m.label != "fp32" and f"{part}:{i}:{m.label}" not in self.variants:
+                    out.append(f"{part} {i} {m.label}")
+        return out
+
+
+def _variant_key(key: str) -> tuple[str, int, str]:
+    kind, block, mode = key.split(":")
+    return kind, int(block), mode

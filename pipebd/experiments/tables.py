@@ -32,14 +32,27 @@ def profile_name(cfg: RunConfig) -> str:
     """File name of the cached profile of ``cfg``'s (workload and its sizes, device, devices, batch)."""
     spec = WorkloadSpec(cfg.workload, resolution=cfg.resolution, width_mult=cfg.width_mult,
                         num_classes=cfg.num_classes)
-    return f"{spec.key}-{cfg.device_type}-n{cfg.devices}-b{cfg.batch_size}.csv"
+    pins = (cfg.teacher_precision, cfg.student_precision, cfg.memory_format)
+    modes = "" if pins == ("auto",) * 3 else "-m" + "-".join(p.replace("channels-last", "cl") for p in pins)
+    return f"{spec.key}-{cfg.device_type}-n{cfg.devices}-b{cfg.batch_size}{modes}.csv"
 
 
 def group_costs(cfg: RunConfig, mode: str, *, path: str | None = None, force: bool = False,
                 say: Callable[[str], None] = print, first_step: int | None = None):
-    """The cost table of ``cfg``'s (workload, batch, devices): measured into ``path`` (reused when it
-    exists, unless ``force``), or estimated from FLOPs. ``(None, None)`` with a note when unavailable.
+    """The cost table of ``cfg``'s (workload, batch, devices), priced for ``cfg``'s compute modes
+    (:func:`pipebd.planner.modes_for`): measured into ``path`` (reused when it exists, unless
+    ``force``), or estimated from FLOPs. ``(None, None)`` with a note when unavailable.
     ``first_step``: the runs' first measured step, so a profiled supernet times the paths they train."""
+    costs, where = _group_costs(cfg, mode, path=path, force=force, say=say, first_step=first_step)
+    if costs is None:
+        return costs, where
+    from ..planner import modes_for
+
+    return costs.priced(modes_for(cfg, costs)), where
+
+
+def _group_costs(cfg: RunConfig, mode: str, *, path: str | None, force: bool, say: Callable[[str], None],
+                 first_step: int | None):
     if mode == "none":
         return None, None
     try:

@@ -41,6 +41,14 @@ def init_rank(cfg: RunConfig, rank: int, *, store: dist.Store | None, local_worl
         # --share-gpus: more ranks than GPUs; ranks take GPUs round-robin and talk over gloo
         device = torch.device("cuda", local_rank % torch.cuda.device_count() if cfg.share_gpus else local_rank)
         torch.cuda.set_device(device)
+        # fixed shapes (drop_last batches, fixed relay buffers): let cuDNN pick its fastest kernels —
+        # except when weights are saved for `verify`, which compares bits across processes and
+        # cuDNN's autotuner may pick a different algorithm in each
+        torch.backends.cudnn.benchmark = not cfg.save_weights
+        if "fp32" not in (cfg.teacher_precision, cfg.student_precision):
+            # TF32 tensor cores for fp32 matmuls/convs unless fp32 was pinned (exact fp32 asked for)
+            torch.set_float32_matmul_precision("high")
+            torch.backends.cudnn.allow_tf32 = True
     else:
         device = torch.device("cpu")
     set_host_staging(cfg.device_type == "cuda" and cfg.share_gpus)

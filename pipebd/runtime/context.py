@@ -17,6 +17,7 @@ from ..config import RunConfig
 from ..data import DataSource
 from ..distill import BlockTrainer, OptimConfig
 from ..faults import parse_fault
+from ..modes import FP32, Mode
 from ..recorder import Recorder
 from ..zoo import Workload
 
@@ -44,7 +45,7 @@ class RankContext:
     _fault: "object | None" = field(default=None, repr=False)
     _fault_parsed: bool = field(default=False, repr=False)
 
-    def trainer(self, block: int) -> BlockTrainer:
+    def trainer(self, block: int, mode: Mode = FP32) -> BlockTrainer:
         """A trainer for student ``block`` on this rank's device (same init on every rank).
 
         When the run resumes (``--resume``) and this rank's checkpoint holds ``block``, the
@@ -54,7 +55,7 @@ class RankContext:
         t = BlockTrainer(
             index=block, block=self.workload.student[block].to(self.device),
             last=block == self.workload.num_blocks - 1, total_steps=cfg.total_steps, seed=cfg.seed,
-            optim=OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay),
+            optim=OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay), mode=mode,
         )
         saved = (self.resume_state or {}).get("trainers", {}).get(block)
         if saved is not None:
@@ -64,8 +65,10 @@ class RankContext:
         self.trainers[block] = t
         return t
 
-    def teacher(self, blocks) -> list[torch.nn.Module]:
-        return [self.workload.teacher[i].to(self.device) for i in blocks]
+    def teacher(self, blocks, modes: list[Mode] | None = None) -> list[torch.nn.Module]:
+        """Teacher ``blocks`` on this rank's device, each in its mode's memory format."""
+        modes = modes or [FP32] * len(blocks)
+        return [m.apply_to(self.workload.teacher[i].to(self.device)) for i, m in zip(blocks, modes)]
 
     def after_step(self, step: int, trainers: dict[int, BlockTrainer]) -> None:
         """Call after this rank finished training step ``step`` of ``trainers`` (heartbeat,

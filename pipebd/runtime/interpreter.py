@@ -30,8 +30,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from ..comm import allreduce_sum_, recv_into, send, transport_device
-from ..distill import BlockTrainer, teacher_forward
+from ..comm import allreduce_sum_, dense, recv_into, send, transport_device
+from ..distill import BlockTrainer, teacher_block
 from ..schedule import (ALLREDUCE, BARRIER, CLOSE, DRAIN, LOAD, OPEN, RECV, SEND, STUDENT, TEACHER, UPDATE, Action,
                         Schedule, to_csv_text)
 from .context import RankContext
@@ -117,8 +117,11 @@ class Interpreter:
         cfg = ctx.config
         self._check_same_schedule()
         self.groups = self._make_groups()
-        self.teachers = {b: m for b, m in zip(schedule.teachers_of(ctx.rank), ctx.teacher(schedule.teachers_of(ctx.rank)))}
-        self.trainers: dict[int, BlockTrainer] = {b: ctx.trainer(b) for b in schedule.trainers_of(ctx.rank)}
+        self.modes = schedule.block_modes()
+        mine = schedule.teachers_of(ctx.rank)
+        self.teachers = dict(zip(mine, ctx.teacher(mine, [self.modes.teacher[b] for b in mine])))
+        self.trainers: dict[int, BlockTrainer] = {b: ctx.trainer(b, self.modes.student[b])
+                                                  for b in schedule.trainers_of(ctx.rank)}
         self.loaders: dict[tuple[int, int], object] = {}
         self.hooks = step_hooks(self.actions)
         self.drop_after = register_drops(self.actions)
@@ -191,7 +194,9 @@ class Interpreter:
             else:
                 lo, hi = self.recv_rows[key]
                 shape = (hi - lo, *self.ctx.workload.boundary_shapes[key[1]])
-                buf = torch.empty(shape, dtype=torch.float32, device=transport_device(self.ctx.device))
+                mode = self.modes.boundary(key[1])  # the activation travels in its teacher's dtype and format
+                buf = torch.empty(shape, dtype=mode.dtype, device=transport_device(self.ctx.device),
+                                  memory_format=mode.memory_format() if len(shape) == 4 else torch.contiguous_format)
             lo = self.recv_rows[key][0]
             works = {i: recv_into(buf[a.rows[0] - lo:a.rows[1] - lo], a.peer, tag=self._tag(a))
                      for i, a in self.recv_groups[key]}
@@ -221,6 +226,7 @@ class Interpreter:
     def run(self) -> dict[int, BlockTrainer]:
         ctx, rec = self.ctx, self.ctx.recorder
         rec.plan = self.schedule.layout
+        rec.modes = self.schedule.block_modes().to_text()
         start = self._resume_position()
         if ctx.rank == 0:
             ctx.progress.start(sum(1 for i in self.hooks if i >= start), f"{self.schedule.strategy} {self.schedule.layout}".strip())
@@ -276,7 +282,7 @@ class Interpreter:
         elif k == TEACHER:
             x = self._read(a.step, a.blocks[0], a.rows)
             for b in a.blocks:
-                x = teacher_forward([self.teachers[b]], x)
+                x = teacher_block(self.teachers[b], x, self.modes.teacher[b])
                 if (a.step, b + 1) in self.needed:
                     self.regs[(a.step, b + 1)] = (a.rows[0], x, None)
         elif k == STUDENT:
@@ -309,7 +315,7 @@ class Interpreter:
                     w.wait()
             self.sent.append([a.step, []])
         x = self._read(a.step, a.boundary, a.rows)
-        x = x.to(transport_device(x.device)).contiguous()  # kept alive until the send completes
+        x = dense(x.to(transport_device(x.device)))  # kept alive until the send completes
         self.sent[-1][1].append((x, send(x, a.peer, tag=self._tag(a))))
 
     def _drain(self) -> None:

@@ -97,6 +97,9 @@ class Schedule:
     warmup: int = 0
     layout: str = ""
     meta: dict = field(default_factory=dict)
+    #: every block's teacher and student compute mode (:class:`pipebd.modes.BlockModes` text;
+    #: "": fp32 contiguous): the interpreter runs it, relayed activations travel in its dtypes
+    modes: str = ""
 
     @property
     def devices(self) -> int:
@@ -134,6 +137,12 @@ class Schedule:
             return ()
         step = acts[0].step if step is None else step
         return tuple(a.nrows for a in sorted((a for a in acts if a.step == step), key=lambda a: a.rows))
+
+    def block_modes(self):
+        """:class:`pipebd.modes.BlockModes` of :attr:`modes` (fp32 contiguous when empty)."""
+        from ..modes import BlockModes
+
+        return BlockModes.from_text(self.modes) if self.modes else BlockModes.uniform(self.num_blocks)
 
     def with_ranks(self, ranks: Sequence[Sequence[Action]]) -> "Schedule":
         return replace(self, ranks=[list(r) for r in ranks])

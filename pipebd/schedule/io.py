@@ -16,7 +16,7 @@ from .actions import KINDS, Action, Schedule
 
 __all__ = ["CSV_COLUMNS", "to_csv_text", "from_csv_text", "to_json", "from_json", "write_csv", "read_csv"]
 
-_META = ["strategy", "num_blocks", "batch_size", "steps", "inflight", "warmup", "layout"]
+_META = ["strategy", "num_blocks", "batch_size", "steps", "inflight", "warmup", "layout", "modes"]
 CSV_COLUMNS = ["rank", "position", "kind", "step", "blocks", "lo", "hi", "boundary", "peer", "group", "note", *_META]
 
 
@@ -47,7 +47,7 @@ def from_csv_text(text: str) -> Schedule:
     rows = list(csv.DictReader(io.StringIO(text)))
     if not rows:
         raise ValueError("not a schedule CSV: no rows")
-    missing = set(CSV_COLUMNS) - set(rows[0])
+    missing = set(CSV_COLUMNS) - set(rows[0]) - {"modes"}  # a schedule written before compute modes: fp32
     if missing:
         raise ValueError(f"not a schedule CSV: columns {sorted(missing)} are missing (expected {CSV_COLUMNS})")
     meta = rows[0]
@@ -68,7 +68,8 @@ def from_csv_text(text: str) -> Schedule:
         devices = max(devices, r + 1)
     lists = [[a for _i, a in sorted(ranks.get(r, []), key=lambda x: x[0])] for r in range(devices)]
     return Schedule(meta["strategy"], int(meta["num_blocks"]), int(meta["batch_size"]), int(meta["steps"]), lists,
-                    inflight=int(meta["inflight"]), warmup=int(meta["warmup"]), layout=meta["layout"])
+                    inflight=int(meta["inflight"]), warmup=int(meta["warmup"]), layout=meta["layout"],
+                    modes=meta.get("modes") or "")
 
 
 def write_csv(schedule: Schedule, path: str) -> None:
@@ -105,4 +106,4 @@ def from_json(text: str) -> Schedule:
                      rows=tuple(x["rows"]) if "rows" in x else None, boundary=x.get("boundary"), peer=x.get("peer"),
                      group=tuple(x.get("group", ())), note=x.get("note", "")) for x in acts] for acts in d["ranks"]]
     return Schedule(d["strategy"], d["num_blocks"], d["batch_size"], d["steps"], ranks, inflight=d["inflight"],
-                    warmup=d["warmup"], layout=d["layout"])
+                    warmup=d["warmup"], layout=d["layout"], modes=d.get("modes", ""))

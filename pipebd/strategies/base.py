@@ -95,8 +95,12 @@ class Strategy:
     @classmethod
     def schedule_for(cls, cfg: RunConfig, num_blocks: int) -> Schedule:
         """The schedule a run of ``cfg`` executes."""
+        from ..planner import modes_for
+
         s = cls.generate(spec_for(cfg, num_blocks), cls.layout(cfg, num_blocks))
         s.strategy = s.strategy or cls.name
+        modes = modes_for(cfg)
+        s.modes = "" if modes.is_fp32_contiguous else modes.to_text()
         return s
 
     @classmethod

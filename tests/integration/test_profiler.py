@@ -9,7 +9,9 @@ import sys
 
 from pipebd.config import RunConfig
 from pipebd.costmodel import CostTable
-from pipebd.planner import plan_for
+from pipebd.costmodel import choose_modes
+from pipebd.modes import candidate_modes
+from pipebd.planner import cost_table_for, modes_for, plan_for
 from pipebd.strategies.predict import predict_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -34,8 +36,19 @@ def test_quick_profile_of_tiny_on_two_ranks(tmp_path):
         assert costs.relay[k][8] > 0 and costs.relay[k][4] > 0
     assert costs.data_per_sample > 0 and costs.barrier[2] > 0
     assert costs.activation_bytes[1] == 8 * 16 * 16 * 4
-    # later runs reuse it
+    # every candidate compute mode timed (auto is the default), relays in bf16 too
+    for i in range(4):
+        for part in ("teacher", "student"):
+            times = costs.mode_times(part, i)
+            assert set(times) == {"fp32", "bf16", "fp32-cl", "bf16-cl"}
+            assert all(times[m][b] > 0 for m in times for b in (8, 4, 3, 2))
+    for k in (1, 2, 3):
+        assert costs.variants[f"relay:{k}:bf16"][8] > 0
+    # later runs reuse it, in the modes it chose per block
     cfg = RunConfig(workload="tiny", devices=2, batch_size=8, profile=out)
+    modes = modes_for(cfg)
+    assert modes == choose_modes(costs, 4, candidate_modes(), candidate_modes())
+    assert cost_table_for(cfg).modes == modes.to_text() or modes.is_fp32_contiguous
     plan_for(cfg).validate(num_blocks=4, devices=2, batch_size=8)
     predicted = predict_all(costs, 2, 8, 10, skip_unpredictable=True)  # a strategy may refuse the shape
     assert {p.strategy for p in predicted} >= {"dp", "tr", "tr-dpu", "ahd", "ideal"}

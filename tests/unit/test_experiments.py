@@ -257,3 +257,25 @@ def test_bench_speedup_range_pairs_runs_of_the_same_round():
     tr = BenchRow("tr", epoch_times=[5.0, 8.0, 5.0], rounds=[0, 1, 3])  # round 3: a re-run without dp
     assert speedup_range(dp, tr) == (1.5, 2.0)
     assert speedup_range(dp, BenchRow("x", epoch_times=[1.0], rounds=[7])) is None
+
+
+def test_bench_compares_each_strategy_with_its_fp32_contiguous_self():
+    from pipebd.bench import BenchResult, BenchRow, format_table, label_cfg
+    from pipebd.config import RunConfig
+
+    cfg = RunConfig(workload="tiny", devices=2, teacher_precision="bf16")
+    assert label_cfg(cfg, "ahd").teacher_precision == "bf16"
+    pinned = label_cfg(cfg, "ahd:fp32")
+    assert (pinned.strategy, pinned.teacher_precision, pinned.student_precision, pinned.memory_format) == \
+        ("ahd", "fp32", "fp32", "contiguous")
+    rows = {name: BenchRow(name, epoch_times=times, rounds=[0, 1], samples=1000)
+            for name, times in (("dp", [8.0, 9.0]), ("dp:fp32", [16.0, 16.0]), ("ahd", [4.0, 5.0]),
+                                ("ahd:fp32", [10.0, 9.0]))}
+    text = format_table(BenchResult(cfg, rows, None, "n/a", 1.0, 2, modes_table=["block  teacher", "    0  bf16"]))
+    section = text[text.index("compute modes: samples/s"):]
+    ahd = next(line for line in section.splitlines() if line.startswith("ahd"))
+    # samples/s 1000/4.5, fp32 1000/9.5, ratio 9.5/4.5, range per round 10/4 .. 9/5, against fp32 dp 16/4.5
+    assert ahd.split() == ["ahd", "222.22", "105.26", "2.11x", "1.80-2.50", "3.56x"]
+    # each row's speedup is over dp in the same modes
+    assert next(line for line in text.splitlines() if line.startswith("ahd:fp32")).split()[2] == "1.68x"
+    assert text.rstrip().endswith("    0  bf16")

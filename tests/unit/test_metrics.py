@@ -44,6 +44,7 @@ def test_readme_documents_exactly_the_schema():
     assert documented("runs.csv") == metrics.RUN_COLUMNS
     assert documented("ranks.csv") == metrics.RANK_COLUMNS
     assert documented("events.csv") == metrics.EVENT_COLUMNS
+    assert documented("losses.csv") == metrics.LOSS_COLUMNS
     text = open(README, encoding="utf-8").read()
     for phase in metrics.PHASES:
         assert f"`{phase}`" in text

@@ -1,0 +1,53 @@
+"""Compute modes on real ranks: bf16 and channels-last activations relayed over gloo, mixed
+modes per block, verify against a reference in the same modes, and bf16 training quality."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+
+from pipebd.commands.precision import precision_check
+from pipebd.config import RunConfig
+from pipebd.verify import BF16_RTOL, verify_strategy
+from tests.helpers import _REFERENCES
+
+TINY = RunConfig(workload="tiny", batch_size=10, steps=3, warmup=1, threads=1, timeout=60, devices=2)
+
+
+@pytest.mark.parametrize("strategy,modes", [
+    # a relay of bf16, channels-last activations, every part in bf16-cl
+    ("tr-dpu", "teacher=bf16-cl*4;student=bf16-cl*4"),
+    # mixed per block: each consumer converts its input's dtype and format on entry; all-reduce of
+    # channels-last gradients
+    ("ahd", "teacher=fp32-cl,bf16*2,fp32;student=bf16,fp32-cl,bf16-cl,fp32"),
+])
+def test_bf16_and_channels_last_keep_the_math_of_their_reference(verify_workdir, strategy, modes):
+    res = verify_strategy(TINY.replace(strategy=strategy, modes=modes), workdir=verify_workdir,
+                          reference_cache=_REFERENCES)
+    assert res.paths_equal
+    assert res.ok, res.detail
+    assert res.max_rel_error <= BF16_RTOL
+    assert res.lossy and "bf16" in res.modes
+
+
+def test_runs_record_their_modes_and_block_losses(tmp_path):
+    from pipebd.runner import launch
+
+    modes = "teacher=bf16-cl*4;student=fp32-cl*4"
+    out = str(tmp_path)
+    outcome = launch(TINY.replace(strategy="dp", modes=modes, out=out, quiet=True, trace=False))
+    assert outcome.row["modes"] == modes
+    losses = pd.read_csv(os.path.join(out, "losses.csv"))
+    assert set(losses["block"]) == {0, 1, 2, 3} and set(losses["step"]) == set(range(4))
+    assert (losses["loss"] > 0).all() and (losses["modes"] == modes).all()
+
+
+def test_bf16_training_reaches_the_fp32_losses(tmp_path):
+    cfg = RunConfig(workload="tiny", batch_size=16, steps=24, warmup=0, threads=2, quiet=True, trace=False,
+                    out=str(tmp_path), teacher_precision="bf16", student_precision="bf16",
+                    memory_format="channels-last")
+    ok, rows = precision_check(cfg, tail=4, band=0.1, say=lambda m: None)
+    assert len(rows) == 4
+    assert ok, rows
