@@ -179,7 +179,8 @@ step verify-n1 "$D1" 150 "$OUT/logs/verify-n1.log" -- "$PY" -m pipebd verify -w 
   "${RUN_SIZE[@]}" "${VERIFY_ONLY[@]}" --out "$OUT/verify"
 # bf16 autocast + channels-last on the device: same modes as its bf16 reference (prints the difference)
 step verify-bf16 "$D1" 90 "$OUT/logs/verify-bf16.log" -- "$PY" -m pipebd verify -w tiny -n 1 --device "$DEV" \
-  "${RUN_SIZE[@]}" --strategies dp --precision bf16 --memory-format channels-last --out "$OUT/verify-bf16"
+  "${RUN_SIZE[@]}" --strategies "${STRATEGIES%% *}" --precision bf16 --memory-format channels-last \
+  --out "$OUT/verify-bf16"
 
 # ---- 2. profiles of the paper's workloads, per-replica batches ceil(B/g), g = 1..G ---------------
 GROUPS_FLAG=(--replica-groups "$PROF_G")

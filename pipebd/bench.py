@@ -251,13 +251,16 @@ def speedup_range(dp: BenchRow, row: BenchRow) -> tuple[float, float] | None:
 
 
 def format_table(result: BenchResult) -> str:
+    from .runner import cpu_description
+
     cfg = result.cfg
     dp = result.rows.get("dp")
     dp_med = dp.median if dp is not None else None
     ideal = result.ideal_epoch_s
     head = (f"bench: {cfg.workload} on {cfg.devices} {cfg.device_type} rank(s), batch {cfg.batch_size}, "
             f"{cfg.warmup} warm-up steps/block, {result.repeats} round(s)"
-            + (f" + {result.reruns} re-run round(s)" if result.reruns else "") + f", medians ({result.seconds:.0f} s)")
+            + (f" + {result.reruns} re-run round(s)" if result.reruns else "") + f", medians ({result.seconds:.0f} s)"
+            + (f"; cpu {cpu_description()}" if cfg.device_type == "cpu" else ""))
     lines = [head,
              f"{'strategy':<10}{'epoch s':>10}{'speedup':>9}{'range':>12}{'eff.':>6}{'eff. range':>12}{'min s':>10}"
              f"{'max s':>10}"

@@ -26,7 +26,7 @@ from typing import Sequence
 
 from .errors import ConfigError
 
-__all__ = ["Mode", "BlockModes", "FP32", "MODES", "PRECISIONS", "MEMORY_FORMATS", "candidate_modes"]
+__all__ = ["Mode", "BlockModes", "FP32", "MODES", "PRECISIONS", "MEMORY_FORMATS", "candidate_modes", "native_bf16"]
 
 PRECISIONS = ("fp32", "bf16")
 MEMORY_FORMATS = ("contiguous", "channels-last")
@@ -132,6 +132,21 @@ def candidate_modes(precision: str = "auto", memory_format: str = "auto", *, con
     precs = PRECISIONS if precision == "auto" else (precision,)
     fmts = {"auto": (False, True) if conv else (False,), "contiguous": (False,), "channels-last": (True,)}[memory_format]
     return tuple(Mode(p, c) for c in fmts for p in precs)
+
+
+def native_bf16(device) -> bool:
+    """Whether ``device`` computes bf16 natively: on CUDA ``torch.cuda.is_bf16_supported()``; on
+    the CPU oneDNN's own check (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``: AVX-512 or
+    better — on an AVX2-only CPU bf16 is emulated, several times slower than fp32). The profiler
+    leaves bf16 out of ``auto``'s candidates where it is not native (a pin still times it)."""
+    import torch
+
+    if getattr(device, "type", device) == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,15 @@ and starts each configuration at the same barrier:
   configuration (:func:`pipebd.costmodel.stage_memory`), so an out-of-memory with every block
   resident does not condemn a block: the ranks agree to re-measure from then on in *lean*
   mode, each block with only its own teacher and student on the device (the others offloaded
-  to the host), and only a block that does not fit even alone is marked infeasible;
+  to the host), and only a block that does not fit even alone is marked infeasible
+  (:mod:`pipebd.profile_lean`);
 - every candidate compute mode (:mod:`pipebd.modes`: bf16 autocast, channels-last, allowed by
   the run's pins; fp32 contiguous is the base): after the fp32 chain at each batch, the same
   chain again per mode — teacher blocks in the mode (when the teacher may use it) on the mode's
   activations, every student in the mode (a fresh trainer, warmed like the first: one untimed
   trial, and for supernets one step on every choice index) — recorded with the CSV's ``mode``
   column, so :func:`pipebd.costmodel.choose_modes` picks per block and part (resident blocks
-  only: a lean, out-of-memory profile times fp32 alone);
+  only: a lean, out-of-memory profile times fp32 alone; :mod:`pipebd.profile_modes`);
 - relay, all-reduce and barrier: :mod:`pipebd.profile_comm` (relays also in bf16 when a bf16
   teacher is a candidate: a bf16 activation is half the bytes);
 - data loading at each candidate batch (each rank loads its own shards) and a barrier.
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 import time
 
 import torch
@@ -49,27 +51,22 @@ import torch.distributed as dist
 from .config import RunConfig
 from .data import DataSource
 from .distill import BlockTrainer, OptimConfig, teacher_block
-from .modes import FP32, Mode, candidate_modes
+from .modes import FP32, Mode, candidate_modes, native_bf16
 from .faults import Heartbeat, parse_fault
 from .options import data_config, workload_is_conv, workload_options
 from .profile_comm import CommMeasurements
+from .profile_lean import LeanMeasurements, is_oom
+from .profile_modes import ModeMeasurements
 from .profile_options import ProfileOptions
 from .zoo import build_workload
 
 __all__ = ["RankProfiler"]
 
-def _is_oom(e: BaseException) -> bool:
-    if isinstance(e, torch.cuda.OutOfMemoryError):
-        return True
-    msg = str(e)
-    return isinstance(e, RuntimeError) and ("can't allocate memory" in msg or "not enough memory" in msg)
-
-
 def _nbytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
 
 
-class RankProfiler(CommMeasurements):
+class RankProfiler(CommMeasurements, LeanMeasurements, ModeMeasurements):
     """What one rank measures; every rank calls the same collectives in the same order.
 
     ``heartbeat`` (a :class:`~pipebd.faults.Heartbeat`, when spawned by :mod:`pipebd.launch`)
@@ -98,8 +95,20 @@ class RankProfiler(CommMeasurements):
         conv = workload_is_conv(cfg)
         self.teacher_modes = candidate_modes(cfg.teacher_precision, cfg.memory_format, conv=conv)
         self.student_modes = candidate_modes(cfg.student_precision, cfg.memory_format, conv=conv)
+        if not native_bf16(device):  # auto leaves out what this device only emulates (a pin keeps it)
+            self.teacher_modes = self._native(self.teacher_modes, cfg.teacher_precision, "teacher")
+            self.student_modes = self._native(self.student_modes, cfg.student_precision, "student")
         #: the modes timed after fp32 contiguous (the base rows)
         self.extra_modes = [m for m in dict.fromkeys(self.teacher_modes + self.student_modes) if m != FP32]
+
+    def _native(self, modes: tuple[Mode, ...], precision: str, part: str) -> tuple[Mode, ...]:
+        if precision != "auto" or not any(m.bf16 for m in modes):
+            return modes
+        if self.rank == 0:
+            print(f"profile: {part} bf16 candidates not timed: this {self.device.type} has no native bf16 "
+                  "(it would be emulated, slower than fp32); pass --precision bf16 to time it anyway",
+                  file=sys.stderr, flush=True)
+        return tuple(m for m in modes if not m.bf16)
 
     def _row(self, kind: str, **kw) -> None:
         self.rows.append({"kind": kind, "rank": self.rank, **kw})
@@ -197,7 +206,7 @@ class RankProfiler(CommMeasurements):
         try:
             return self.data.load(0, 0, b)[0].to(self.device)
         except Exception as e:  # noqa: BLE001
-            if not _is_oom(e):
+            if not is_oom(e):
                 raise
             return None
 
@@ -215,7 +224,7 @@ class RankProfiler(CommMeasurements):
             try:
                 y = self._teacher(i, x)
             except Exception as e:  # noqa: BLE001
-                if not _is_oom(e):
+                if not is_oom(e):
                     raise
                 self._infeasible(i, b)
                 x, oom = None, True
@@ -226,7 +235,7 @@ class RankProfiler(CommMeasurements):
                 chain[i] = trainer
                 self._row("memory", block=i, batch=b, bytes=mem, note=method)
             except Exception as e:  # noqa: BLE001
-                if not _is_oom(e):
+                if not is_oom(e):
                     raise
                 self._row("student", block=i, batch=b, feasible=0, note="out of memory")
                 self._row("memory", block=i, batch=b, feasible=0, note="out of memory")
@@ -237,102 +246,6 @@ class RankProfiler(CommMeasurements):
         for mode in self.extra_modes:
             self._time_mode(b, None if failed else x0, mode)
         return failed
-
-    def _compute_lean(self, b: int) -> None:
-        """Each block alone on the device (teacher ``i`` and student ``i``; the rest on the host):
-        teacher times on the relayed activation, then the student's; infeasible only if it does not
-        fit alone (later blocks then have no input at this size)."""
-        self._boundary()
-        x = self._first_input(b)
-        note = "measured alone (other blocks offloaded)"
-        start = self._warm_step()
-        for i in range(self.n):
-            self._boundary()
-            if x is None:
-                self._infeasible(i, b)
-                continue
-            self._only(i)
-            try:
-                y = self._teacher(i, x)
-                with torch.no_grad():
-                    t_times = [self._time(lambda: self.teachers[i](x)) for _ in range(self.opts.trials)]
-            except Exception as e:  # noqa: BLE001
-                if not _is_oom(e):
-                    raise
-                self._infeasible(i, b)
-                x = None
-                self._free()
-                continue
-            self._row("teacher", block=i, batch=b, seconds=statistics.median(t_times), note=note)
-            try:
-                trainer, mem, method = self._student(i, x, y)
-
-                def step(k: int) -> None:
-                    trainer.begin(k)
-                    trainer.accumulate(x, y)
-                    trainer.apply()
-
-                s_times = [self._time(lambda k=k: step(start + k)) for k in range(1, self.opts.trials + 1)]
-                central = statistics.mean if getattr(self.students[i], "is_supernet", False) else statistics.median
-                self._row("student", block=i, batch=b, seconds=central(s_times), note=note)
-                self._row("memory", block=i, batch=b, bytes=mem, note=f"{method}; {note}")
-                del trainer
-            except Exception as e:  # noqa: BLE001
-                if not _is_oom(e):
-                    raise
-                self._row("student", block=i, batch=b, feasible=0, note="out of memory alone")
-                self._row("memory", block=i, batch=b, feasible=0, note="out of memory alone")
-            self._free()
-            x = y
-
-    def _only(self, i: int) -> None:
-        """Teacher and student ``i`` on the device, every other block on the host."""
-        host = torch.device("cpu")
-        for j in range(self.n):
-            where = self.device if j == i else host
-            self.students[j].zero_grad(set_to_none=True)
-            self.teachers[j].to(where)
-            self.students[j].to(where)
-        if self.cuda:
-            torch.cuda.empty_cache()
-
-    def _time_mode(self, b: int, x0: torch.Tensor | None, mode: Mode) -> None:
-        """The chain again with teacher and students in ``mode`` (where their pins allow it), fresh
-        trainers; rows tagged with the mode. Modules go back to contiguous afterwards."""
-        tmode = mode if mode in self.teacher_modes else FP32
-        smode = mode if mode in self.student_modes else None
-        chain: dict[int, BlockTrainer] = {}
-        if x0 is not None:
-            try:
-                for t in self.teachers:
-                    tmode.apply_to(t)
-                x = x0
-                for i in range(self.n):
-                    y = teacher_block(self.teachers[i], x, tmode)
-                    if smode is not None:
-                        chain[i] = self._trainer(i, smode, x, y)
-                    x = y
-            except Exception as e:  # noqa: BLE001
-                if not _is_oom(e):
-                    raise
-                x0 = None  # this mode is not timed at this batch; every rank still meets the barriers
-        self._time_chain(b, x0, chain, teacher_mode=tmode, mode=mode.label,
-                         teacher_rows=tmode == mode)
-        for m in self.teachers + self.students:
-            m.to(memory_format=torch.contiguous_format)
-        self._free()
-
-    def _trainer(self, i: int, mode: Mode, x: torch.Tensor, y: torch.Tensor) -> BlockTrainer:
-        """A warmed trainer of student ``i`` in ``mode`` (supernets: one step per choice index)."""
-        cfg, block = self.cfg, self.students[i]
-        trainer = BlockTrainer(index=i, block=block, last=i == self.n - 1, total_steps=10**6, seed=cfg.seed,
-                               optim=OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay), mode=mode)
-        if getattr(block, "is_supernet", False):
-            for c in range(max(block.choices_per_cell)):
-                block.set_path(tuple(min(c, m - 1) for m in block.choices_per_cell))
-                trainer.accumulate(x, y)
-                trainer.apply()
-        return trainer
 
     def _time_chain(self, b: int, x0: torch.Tensor | None, chain: dict[int, BlockTrainer], *,
                     teacher_mode: Mode = FP32, mode: str = "", teacher_rows: bool = True) -> bool:
@@ -371,7 +284,7 @@ class RankProfiler(CommMeasurements):
                     if trial:
                         s_times[i].append(st)
             except Exception as e:  # noqa: BLE001
-                if not _is_oom(e):
+                if not is_oom(e):
                     raise
                 failed = True
             del acts

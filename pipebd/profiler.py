@@ -41,7 +41,7 @@ from .launch import init_rank, spawn_supervised, torchrun_rank, under_torchrun
 from .preflight import validate
 from .profile_measure import RankProfiler
 from .profile_options import MIN_REPLICA_GROUPS, ProfileOptions
-from .costmodel import CSV_COLUMNS, CostTable, write_csv
+from .costmodel import CSV_COLUMNS, CostTable, describe_modes, write_csv
 from .zoo import WorkloadError, canonical_name
 
 __all__ = ["ProfileOptions", "profile", "default_profile_path", "add_cli"]
@@ -184,6 +184,11 @@ def _cmd_profile(args: argparse.Namespace) -> int:
             cells.append("OOM".rjust(18) if s is None or math.isinf(s) or t is None or math.isinf(t)
                          else f"{t * 1e3:8.2f}/{s * 1e3:<9.2f}")
         print(f"{i:>5}  " + "  ".join(cells))
+    if costs.has_modes():
+        from .planner import modes_for
+
+        print("compute modes a run with this profile uses (--precision/--memory-format auto):")
+        print("\n".join(describe_modes(modes_for(cfg.replace(profile=out), costs), costs)))
     print(f"data {costs.data_per_sample * 1e6:.1f} us/sample; wrote {out} (reuse it with --profile {out})")
     return 0
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -238,7 +239,7 @@ def _write_results(cfg: RunConfig, run_id: str, workload, data: DataSource, gath
         "data": cfg.data, "seed": cfg.seed, "threads_per_rank": torch.get_num_threads(),
         "git_commit": git_commit(), "torch_version": torch.__version__, "hostname": socket.gethostname(),
         "load_avg_start": load_start, "load_avg_end": _load_average(),
-        "modes": reports[0].extra.get("modes") or "",
+        "modes": reports[0].extra.get("modes") or "", "cpu": cpu_description(),
     }
     if cfg.ideal_seconds_per_sample is not None:
         row = metrics.with_ideal(row, cfg.ideal_seconds_per_sample * data.epoch_samples)
@@ -279,6 +280,23 @@ def git_commit() -> str:
         except (OSError, subprocess.SubprocessError):
             _GIT = "unknown"
     return _GIT
+
+
+def cpu_description() -> str:
+    """The host CPU's model and its widest vector / bf16 instructions (``/proc/cpuinfo``), e.g.
+    ``AMD EPYC [avx2]`` or ``Intel(R) Xeon(R) Processor [avx512, avx512_bf16, amx_bf16]``: bf16
+    on a CPU without ``avx512_bf16``/``amx_bf16`` is emulated, and slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
+    have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    if "avx512f" in have:
+        have.remove("avx2")
+    return f"{model or platform.machine()} [{', '.join(h.replace('avx512f', 'avx512') for h in have)}]"
 
 
 def format_exception_short(e: BaseException) -> str:

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from pipebd.experiments import load_experiment
+from pipebd.modes import native_bf16
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "experiments", "gpu_check.sh")
@@ -40,7 +41,7 @@ def test_dry_run_writes_every_output(tmp_path):
                  "GPU_CHECK_STRATEGIES": "tr-dpu", "GPU_CHECK_WORKLOADS": "compress-vgg16-cifar10"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     steps = _rows(out / "steps.csv")
-    assert [s["step"] for s in steps] == ["run-tr-dpu", "verify-n1", "profile-compress-vgg16-cifar10",
+    assert [s["step"] for s in steps] == ["run-tr-dpu", "verify-n1", "verify-bf16", "profile-compress-vgg16-cifar10",
                                           "simulate-compress-vgg16-cifar10",
                                           "compare"]
     assert all(s["status"] == "ok" and s["rc"] == "0" and int(s["seconds_limit"]) > 0 for s in steps), steps
@@ -51,6 +52,11 @@ def test_dry_run_writes_every_output(tmp_path):
     runs = _rows(out / "runs" / "runs.csv")
     assert [(r["strategy"], r["status"], r["device_type"], r["devices"]) for r in runs] == [("tr-dpu", "ok", "cpu", "1")]
     assert "PASS" in (out / "logs" / "verify-n1.log").read_text()
+    bf16 = (out / "logs" / "verify-bf16.log").read_text()
+    assert "PASS" in bf16 and "bf16" in bf16
+    modes = {r["mode"] for r in _rows(out / "profile-compress-vgg16-cifar10.csv")}
+    # every block in every compute mode (bf16 where this CPU has it natively)
+    assert modes == {"", "fp32-cl"} | ({"bf16", "bf16-cl"} if native_bf16(torch.device("cpu")) else set())
 
     profile = _rows(out / "profile-compress-vgg16-cifar10.csv")
     batches = {int(r["batch"]) for r in profile if r["kind"] == "student"}

@@ -24,6 +24,7 @@ LAYERS = {
     "pipebd.strategies": 4, "baselines": 4,
     "pipebd.comm": 5, "pipebd.faults": 5, "pipebd.recorder": 5, "pipebd.metrics": 5, "pipebd.checkpoint": 5,
     "pipebd.runtime": 5, "pipebd.launch": 5, "pipebd.preflight": 5, "pipebd.profile_measure": 5, "pipebd.profile_comm": 5,
+    "pipebd.profile_lean": 5, "pipebd.profile_modes": 5,
     "pipebd.profile_options": 2,
     "pipebd.runner": 6, "pipebd.profiler": 6,
     "pipebd.experiments": 7, "pipebd.verify": 7, "pipebd.zoo_table": 7,
