@@ -91,22 +91,16 @@ class Mode:
         (4-D only); returns ``x`` itself when nothing differs (no copy)."""
         import torch
 
-        if not self.bf16 and x.dtype != torch.float32:
-            x = x.float()
-        if x.dim() == 4:
-            fmt = self.memory_format()
-            if not x.is_contiguous(memory_format=fmt):
-                x = x.contiguous(memory_format=fmt)
-        return x
+        return self._formatted(x.float() if not self.bf16 and x.dtype != torch.float32 else x)
 
     def output(self, y):
         """A teacher block's output as the boundary stores it: this mode's dtype and format."""
-        y = y.to(self.dtype)
-        if y.dim() == 4:
-            fmt = self.memory_format()
-            if not y.is_contiguous(memory_format=fmt):
-                y = y.contiguous(memory_format=fmt)
-        return y
+        return self._formatted(y.to(self.dtype))
+
+    def _formatted(self, t):
+        if t.dim() == 4 and not t.is_contiguous(memory_format=self.memory_format()):
+            t = t.contiguous(memory_format=self.memory_format())
+        return t
 
     def apply_to(self, module):
         """Convert ``module``'s 4-D parameters to this mode's memory format (values unchanged)."""

@@ -17,8 +17,7 @@ from .zoo import Workload, WorkloadOptions, build_workload
 
 __all__ = ["workload_options", "workload_num_blocks", "workload_is_conv", "data_config"]
 
-_BLOCK_COUNTS: dict[tuple, int] = {}
-_CONV: dict[tuple, bool] = {}
+_SHAPES: dict[tuple, tuple[int, bool]] = {}  # (workload, sizes) -> (blocks, has convolutions)
 
 
 def workload_options(cfg: RunConfig) -> WorkloadOptions:
@@ -28,27 +27,26 @@ def workload_options(cfg: RunConfig) -> WorkloadOptions:
                            nas_zero=cfg.nas_zero)
 
 
-def workload_num_blocks(cfg: RunConfig) -> int:
-    """Number of blocks of ``cfg``'s workload (built once on the meta device, cached)."""
+def _meta_facts(cfg: RunConfig) -> tuple[int, bool]:
+    """(blocks, has convolutions) of ``cfg``'s workload, built once on the meta device (cached)."""
     key = (cfg.workload, cfg.resolution, cfg.width_mult, cfg.num_classes)
-    if key not in _BLOCK_COUNTS:
+    if key not in _SHAPES:
         with torch.device("meta"):
             wl = build_workload(cfg.workload, WorkloadOptions(resolution=cfg.resolution, width_mult=cfg.width_mult,
                                                               num_classes=cfg.num_classes), probe=False)
-        _BLOCK_COUNTS[key] = wl.num_blocks
-    return _BLOCK_COUNTS[key]
+        conv = any(isinstance(m, torch.nn.Conv2d) for b in wl.teacher + wl.student for m in b.modules())
+        _SHAPES[key] = (wl.num_blocks, conv)
+    return _SHAPES[key]
+
+
+def workload_num_blocks(cfg: RunConfig) -> int:
+    """Number of blocks of ``cfg``'s workload."""
+    return _meta_facts(cfg)[0]
 
 
 def workload_is_conv(cfg: RunConfig) -> bool:
     """Whether ``cfg``'s workload has convolutions (4-D activations: channels-last can apply)."""
-    key = (cfg.workload, cfg.resolution, cfg.width_mult, cfg.num_classes)
-    if key not in _CONV:
-        with torch.device("meta"):
-            wl = build_workload(cfg.workload, WorkloadOptions(resolution=cfg.resolution, width_mult=cfg.width_mult,
-                                                              num_classes=cfg.num_classes), probe=False)
-        _BLOCK_COUNTS[key] = wl.num_blocks
-        _CONV[key] = any(isinstance(m, torch.nn.Conv2d) for b in wl.teacher + wl.student for m in b.modules())
-    return _CONV[key]
+    return _meta_facts(cfg)[1]
 
 
 def data_config(cfg: RunConfig, workload: Workload | None = None) -> DataConfig:
