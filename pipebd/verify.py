@@ -7,6 +7,12 @@ ghost shards equal to the strategy's data-parallel split of each block
 largest magnitude of the tensor) and the NAS paths sampled must be identical; buffers
 (BatchNorm running statistics) are compared too where a block has a single replica.
 
+Compute modes (:mod:`pipebd.modes`): the reference computes in exactly the run's modes (pinned
+with ``--modes``). In fp32 the tolerance is 1e-5; with bf16 anywhere the per-step operations are
+the same kernels on the same shapes, but a teacher that runs on a replica's rows rather than on
+the whole batch (``dp``, replicated ``ahd`` stages) may round a few bf16 activations differently,
+so the default tolerance is :data:`BF16_RTOL` and the measured difference is printed.
+
 Every strategy is validated before anything runs: one that cannot run as configured (e.g.
 ``--stages`` with another number of stages than ``--devices``) gets an INVALID row that says
 why and the others still run; a saved weights file that lacks a block or a tensor is a FAIL
