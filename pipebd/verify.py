@@ -11,7 +11,9 @@ Compute modes (:mod:`pipebd.modes`): the reference computes in exactly the run's
 with ``--modes``). In fp32 the tolerance is 1e-5; with bf16 anywhere the per-step operations are
 the same kernels on the same shapes, but a teacher that runs on a replica's rows rather than on
 the whole batch (``dp``, replicated ``ahd`` stages) may round a few bf16 activations differently,
-so the default tolerance is :data:`BF16_RTOL` and the measured difference is printed.
+so the default tolerance is :data:`BF16_RTOL` and the measured difference is printed (on
+``tiny`` at N = 2, bf16 channels-last everywhere, ``dp``, ``tr-dpu``, ``ahd`` and ``even`` measured
+0.0: bit-identical to their bf16 references).
 
 Every strategy is validated before anything runs: one that cannot run as configured (e.g.
 ``--stages`` with another number of stages than ``--devices``) gets an INVALID row that says
