@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 
 from .config import ConfigError, RunConfig
+from .modes import FP32_PINS
 from .experiments import (MIN_NAS_WARMUP, group_costs, ideal_seconds_per_sample, profile_name, rotated, run_unit,
                           workload_facts)
 
@@ -73,7 +74,6 @@ class BenchRow:
     steps: int = 0  # measured steps per block of its runs
     rounds: list[int] = field(default_factory=list)  # the round of each entry of epoch_times
     loads: list[float] = field(default_factory=list)  # host load average at the start and end of its runs
-    modes: str = ""  # the compute modes its runs used (pipebd.modes text)
     samples: int = 0  # epoch samples of its runs
 
     @property
@@ -137,9 +137,8 @@ def _is_nas(cfg: RunConfig) -> bool:
     return workload_facts(cfg.workload, cfg.resolution, cfg.width_mult, cfg.num_classes)[0]
 
 
-#: the label suffix and the pins of the fp32-contiguous baseline a ``--precision`` bench runs beside
+#: the label suffix of the fp32-contiguous baseline a ``--precision`` bench runs beside
 FP32_SUFFIX = ":fp32"
-FP32_PINS = {"teacher_precision": "fp32", "student_precision": "fp32", "memory_format": "contiguous", "modes": None}
 
 
 def strategy_of(label: str) -> str:
@@ -195,7 +194,6 @@ def bench(cfg: RunConfig, strategies: tuple[str, ...], *, repeats: int = 3, idea
                 rows[s].epoch_times.append(float(row["epoch_time_s"]))
                 rows[s].rounds.append(r)
                 rows[s].plan = str(row.get("plan") or "")
-                rows[s].modes = str(row.get("modes") or "")
                 rows[s].samples = int(row["epoch_samples"])
                 rows[s].steps = int(row["steps_measured"])
                 rows[s].loads += [float(v) for v in (row.get("load_avg_start"), row.get("load_avg_end"))

@@ -26,7 +26,7 @@ from typing import Sequence
 
 from .errors import ConfigError
 
-__all__ = ["Mode", "BlockModes", "FP32", "MODES", "PRECISIONS", "MEMORY_FORMATS", "candidate_modes", "native_bf16"]
+__all__ = ["Mode", "BlockModes", "FP32", "MODES", "PRECISIONS", "MEMORY_FORMATS", "candidate_modes", "native_bf16", "FP32_PINS"]
 
 PRECISIONS = ("fp32", "bf16")
 MEMORY_FORMATS = ("contiguous", "channels-last")
@@ -110,6 +110,9 @@ class Mode:
 
 
 FP32 = Mode()
+#: RunConfig fields that pin a run to fp32 contiguous (``cfg.replace(**FP32_PINS)``): the baseline
+#: ``bench --precision`` and ``precision-check`` compare against
+FP32_PINS = {"teacher_precision": "fp32", "student_precision": "fp32", "memory_format": "contiguous", "modes": None}
 MODES = (Mode("fp32"), Mode("bf16"), Mode("fp32", True), Mode("bf16", True))
 
 

@@ -248,7 +248,7 @@ def modes_for(cfg: RunConfig, raw: CostTable | None = None) -> BlockModes:
         return BlockModes.uniform(n, teacher[0], student[0])
     if raw is None:
         raw = raw_cost_table_for(cfg) if cfg.profile else None
-    return choose_modes(raw if raw is not None and raw.source == "profile" else None, n, teacher, student)
+    return choose_modes(raw, n, teacher, student)  # a table without timed candidates gives fp32
 
 
 def raw_cost_table_for(cfg: RunConfig) -> CostTable:

@@ -16,11 +16,11 @@ import os
 import statistics
 
 from ..config import ConfigError, RunConfig
+from ..modes import FP32_PINS
 from ..runargs import add_run_options, config_from_args
 
 __all__ = ["add_cli", "precision_check", "final_losses"]
 
-FP32_PINS = {"teacher_precision": "fp32", "student_precision": "fp32", "memory_format": "contiguous", "modes": None}
 
 
 def final_losses(out: str, run_id: str, tail: int) -> dict[int, float]:

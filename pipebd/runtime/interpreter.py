@@ -226,7 +226,7 @@ class Interpreter:
     def run(self) -> dict[int, BlockTrainer]:
         ctx, rec = self.ctx, self.ctx.recorder
         rec.plan = self.schedule.layout
-        rec.modes = self.schedule.block_modes().to_text()
+        rec.modes = self.modes.to_text()
         start = self._resume_position()
         if ctx.rank == 0:
             ctx.progress.start(sum(1 for i in self.hooks if i >= start), f"{self.schedule.strategy} {self.schedule.layout}".strip())
