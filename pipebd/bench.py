@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 from .config import ConfigError, RunConfig
 from .modes import FP32_PINS
+from .options import workload_sizes
 from .experiments import (MIN_NAS_WARMUP, group_costs, ideal_seconds_per_sample, profile_name, rotated, run_unit,
                           workload_facts)
 
@@ -134,7 +135,7 @@ def predictions(costs, cfg: RunConfig, strategies, epoch_samples: int,
 
 
 def _is_nas(cfg: RunConfig) -> bool:
-    return workload_facts(cfg.workload, cfg.resolution, cfg.width_mult, cfg.num_classes)[0]
+    return workload_facts(cfg.workload, workload_sizes(cfg))[0]
 
 
 #: the label suffix of the fp32-contiguous baseline a ``--precision`` bench runs beside

@@ -38,6 +38,11 @@ class RunConfig:
     student_bn: bool = True
     # NAS search space: a Zero (skip) choice on every cell but the first of each stage, as the paper
     nas_zero: bool = True
+    # decoder (language-model) workloads (pipebd.zoo.llm)
+    seq_len: int | None = None  # tokens per sample (workload default)
+    layers_per_block: int = 1
+    candidates: str | None = None  # the candidate library per block ("uniform", "uneven", names or ranges)
+    logits_kd: bool = False  # distil the logits (KL) on the last block
     # data
     data: str = "synthetic"
     data_root: str | None = None

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .options import workload_sizes
 from .zoo import WorkloadOptions, build_workload
 
 __all__ = ["BlockFacts", "block_facts", "estimate_block_costs", "sampled_path_ratio"]
@@ -80,12 +81,10 @@ def sampled_path_ratio(cfg, steps: range) -> tuple[list[float], float] | None:
 
     out, got_all, expect_all = [], 0.0, 0.0
     with torch.device("meta"):
-        wl = build_workload(cfg.workload, WorkloadOptions(resolution=cfg.resolution, width_mult=cfg.width_mult,
-                                                          num_classes=cfg.num_classes, nas_zero=cfg.nas_zero),
-                            probe=False)
+        wl = build_workload(cfg.workload, workload_sizes(cfg), probe=False)
         if not wl.is_nas:
             return None
-        x = torch.zeros((1, *wl.input_shape))
+        x = wl.example_input(1)
         for i, (t, s) in enumerate(zip(wl.teacher, wl.student)):
             fixed, cells = _choice_flops(s, x)
             expect = fixed + sum(sum(c) / len(c) for c in cells)
@@ -98,17 +97,15 @@ def sampled_path_ratio(cfg, steps: range) -> tuple[list[float], float] | None:
 
 
 @functools.lru_cache(maxsize=32)
-def block_facts(workload: str, resolution: int | None = None, width_mult: float = 1.0,
-                num_classes: int | None = None, nas_zero: bool = True) -> tuple[BlockFacts, ...]:
+def block_facts(workload: str, sizes: WorkloadOptions = WorkloadOptions()) -> tuple[BlockFacts, ...]:
     """Per-block FLOPs, parameters and shapes of a workload, counted on the meta device (cached).
 
     ``student_params`` counts every parameter of the block (a supernet: all its choices).
     """
     facts = []
     with torch.device("meta"):
-        wl = build_workload(workload, WorkloadOptions(resolution=resolution, width_mult=width_mult,
-                                                      num_classes=num_classes, nas_zero=nas_zero), probe=False)
-        x = torch.zeros((1, *wl.input_shape))
+        wl = build_workload(workload, sizes.sizes(), probe=False)
+        x = wl.example_input(1)
         for t, s in zip(wl.teacher, wl.student):
             t_flops, y = _flops(t, x)
             facts.append(BlockFacts(tuple(x.shape[1:]), tuple(y.shape[1:]), t_flops, _student_flops(s, x),
@@ -120,5 +117,4 @@ def block_facts(workload: str, resolution: int | None = None, width_mult: float 
 def estimate_block_costs(cfg) -> list[float]:
     """Relative cost of each block of ``cfg``'s workload (FLOPs per sample, teacher + student train)."""
     return [f.teacher_flops + 3 * f.student_flops
-            for f in block_facts(cfg.workload, cfg.resolution, cfg.width_mult, cfg.num_classes,
-                                 cfg.nas_zero)]
+            for f in block_facts(cfg.workload, workload_sizes(cfg))]

@@ -13,6 +13,8 @@ Sources:
   come from one CPU generator seeded by ``mix_seed(seed, i)`` (uint8 pixels, normalised like a
   real image: ToTensor + ImageNet mean/std, so values lie in about [-2.1, 2.6]); a sample
   depends on nothing but (seed, its index), whichever rows of a batch a replica loads.
+- ``synthetic`` token sequences and ``text`` (a tokenised local corpus) for the decoder workloads:
+  :mod:`pipebd.data_tokens`.
 - ``cifar10`` (torchvision ``CIFAR10``) and ``imagenet`` (``ImageFolder`` of ``--data-root``/train),
   never downloaded, read through a torch ``DataLoader`` whose batch sampler yields exactly the
   rows of :meth:`DataSource.indices` (worker processes and pinned memory on CUDA runs).
@@ -37,16 +39,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets, transforms
 
+from .data_tokens import SyntheticTokens, TextTokens, resolve_text_root
 from .errors import DataError
 
 __all__ = ["DataConfig", "DataSource", "DataError", "DATA_SOURCES", "DeviceBatches", "SyntheticImages",
            "StepBatchSampler", "build_dataset", "mix_seed", "default_workers"]
 
-DATA_SOURCES = ("synthetic", "cifar10", "imagenet")
+DATA_SOURCES = ("synthetic", "cifar10", "imagenet", "text")
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 #: Epoch sizes of the real datasets, used by synthetic data standing in for them.
-EPOCH_SAMPLES = {"cifar10": 50_000, "imagenet": 1_281_167, "synthetic": 50_000}
+EPOCH_SAMPLES = {"cifar10": 50_000, "imagenet": 1_281_167, "synthetic": 50_000, "tokens": 50_000}
 _SYNTHETIC_SALT = 0x5EED_DA7A  # keeps sample seeds apart from the epoch-order seeds mix_seed(seed, epoch)
 _PAD = 4  # augmentation: pixels of zero padding before the random crop
 _AUGMENT_SALT = 0xA06
@@ -65,6 +68,8 @@ class DataConfig:
     seed: int = 0
     device: str = "cpu"  # "cuda": host batches are pinned and real data gets loader workers
     workers: int | None = None  # DataLoader workers for real data; None: default_workers(device)
+    seq_len: int | None = None  # token sequences (decoder workloads; num_classes is the vocabulary)
+    tokenizer: str = "bytes"  # text data: bytes | smollm2 (pipebd.data_tokens)
 
 
 def mix_seed(*parts: int) -> int:
@@ -96,9 +101,19 @@ def validate_data_config(cfg: DataConfig) -> None:
         raise DataError(f"unknown data source {cfg.source!r}; choose one of {', '.join(DATA_SOURCES)}")
     if cfg.workers is not None and cfg.workers < 0:
         raise DataError(f"data loader workers must be >= 0 (0: load in the rank itself), got {cfg.workers}")
+    if cfg.size is not None and cfg.size < 1:
+        raise DataError(f"--data-size must be >= 1, got {cfg.size}")
+    if (cfg.source == "text") != (cfg.seq_len is not None) and cfg.source != "synthetic":
+        raise DataError(f"--data {cfg.source} is for " + ("decoder (token) workloads; use --data synthetic or an "
+                        "image dataset here" if cfg.source == "text" else "image workloads; a decoder workload "
+                        "takes --data synthetic or --data text"))
     if cfg.source == "synthetic":
-        if cfg.size is not None and cfg.size < 1:
-            raise DataError(f"--data-size must be >= 1, got {cfg.size}")
+        return
+    if cfg.source == "text":
+        root = resolve_text_root(cfg.root)
+        if not os.path.isdir(root):
+            raise DataError(f"--data text: {root!r} is not a folder (give --data-root DIR of .txt/.py files, "
+                            "or --data-root stdlib)")
         return
     if not cfg.root:
         raise DataError(f"--data {cfg.source} needs --data-root DIR (or use --data synthetic, the default)")
@@ -161,7 +176,11 @@ def build_dataset(cfg: DataConfig) -> Dataset:
     validate_data_config(cfg)
     if cfg.source == "synthetic":
         size = cfg.size or EPOCH_SAMPLES[cfg.stands_in_for]
+        if cfg.seq_len is not None:
+            return SyntheticTokens(size, cfg.seq_len, cfg.num_classes, cfg.seed)
         return SyntheticImages(size, cfg.resolution, cfg.num_classes, cfg.seed)
+    if cfg.source == "text":
+        return TextTokens(cfg.root, cfg.seq_len, cfg.num_classes, cfg.tokenizer, limit=cfg.size)
     to_tensor = [transforms.ToTensor(), transforms.Normalize(_MEAN, _STD)]
     if cfg.source == "cifar10":
         resize = [transforms.Resize(cfg.resolution)] if cfg.resolution != 32 else []
@@ -263,7 +282,7 @@ class DataSource:
         ``non_blocking`` copy to the GPU is asynchronous."""
         pin = self.cfg.device == "cuda" if pin is None else pin
         with self._lock:
-            if isinstance(self.dataset, SyntheticImages):
+            if isinstance(self.dataset, (SyntheticImages, SyntheticTokens, TextTokens)):
                 idx = self.indices(step)[lo:hi].tolist()
                 x, y = self.dataset.batch(idx, pin=pin)
                 if self.cfg.augment:

@@ -2,7 +2,9 @@
 
 Student block ``i`` is trained to map the teacher's input of block ``i`` to the teacher's
 output of block ``i``: plain MSE on block outputs, and soft-label cross-entropy against the
-teacher's logits for the last block (as in DNA and Pipe-BD's released code). The teacher is
+teacher's logits for the last block (as in DNA and Pipe-BD's released code); a student block
+that defines ``distill_loss`` (the candidate libraries of :mod:`pipebd.zoo.llm`: normalised MSE,
+KL on logits) brings its own. The teacher is
 frozen in eval mode under ``no_grad``. Each student block has its own SGD optimizer
 (Nesterov momentum 0.9, weight decay) and cosine schedule over the steps it will train.
 
@@ -38,8 +40,13 @@ class OptimConfig:
     nesterov: bool = True
 
 
-def block_loss(output: torch.Tensor, target: torch.Tensor, *, last: bool) -> torch.Tensor:
-    """MSE against the teacher's block output; soft-label CE against its logits on the last block."""
+def block_loss(output: torch.Tensor, target: torch.Tensor, *, last: bool, block: nn.Module | None = None) -> torch.Tensor:
+    """MSE against the teacher's block output; soft-label CE against its logits on the last block.
+    A student block with its own ``distill_loss(output, target)`` (a candidate library of a decoder
+    workload, :mod:`pipebd.zoo.llm`) defines its loss itself."""
+    own = getattr(block, "distill_loss", None)
+    if own is not None:
+        return own(output, target)
     if last:
         return -(F.softmax(target, dim=1) * F.log_softmax(output, dim=1)).sum(dim=1).mean()
     return F.mse_loss(output, target)
@@ -110,7 +117,7 @@ class BlockTrainer:
         """Forward + loss + backward of one shard; its loss counts ``weight`` of the batch's."""
         with self.mode.autocast(x.device):
             out = self.block(self.mode.prepare(x))
-        loss = block_loss(out.float(), target.float(), last=self.last)  # the loss in fp32 (no-ops in fp32)
+        loss = block_loss(out.float(), target.float(), last=self.last, block=self.block)  # in fp32 (no-op in fp32)
         (loss * weight).backward()
         loss = loss.detach()
         self.loss_sums[self.current_step] = self.loss_sums.get(self.current_step, 0.0) + weight * loss

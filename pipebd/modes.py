@@ -87,11 +87,12 @@ class Mode:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def prepare(self, x):
-        """``x`` as this mode consumes it: fp32 for an fp32 block, NHWC for a channels-last one
+        """``x`` as this mode consumes it: fp32 for an fp32 block (floating inputs), NHWC for a channels-last one
         (4-D only); returns ``x`` itself when nothing differs (no copy)."""
         import torch
 
-        return self._formatted(x.float() if not self.bf16 and x.dtype != torch.float32 else x)
+        cast = not self.bf16 and x.is_floating_point() and x.dtype != torch.float32  # token ids stay ids
+        return self._formatted(x.float() if cast else x)
 
     def output(self, y):
         """A teacher block's output as the boundary stores it: this mode's dtype and format."""

@@ -15,7 +15,7 @@ from .config import RunConfig
 from .data import DataConfig
 from .zoo import Workload, WorkloadOptions, build_workload
 
-__all__ = ["workload_options", "workload_num_blocks", "workload_is_conv", "data_config"]
+__all__ = ["workload_options", "workload_sizes", "workload_num_blocks", "workload_is_conv", "data_config"]
 
 _SHAPES: dict[tuple, tuple[int, bool]] = {}  # (workload, sizes) -> (blocks, has convolutions)
 
@@ -24,16 +24,22 @@ def workload_options(cfg: RunConfig) -> WorkloadOptions:
     """The zoo options of ``cfg``'s workload."""
     return WorkloadOptions(resolution=cfg.resolution, width_mult=cfg.width_mult, num_classes=cfg.num_classes,
                            teacher_weights=cfg.teacher_weights, seed=cfg.seed, student_bn=cfg.student_bn,
-                           nas_zero=cfg.nas_zero)
+                           nas_zero=cfg.nas_zero, seq_len=cfg.seq_len, layers_per_block=cfg.layers_per_block,
+                           candidates=cfg.candidates, logits_kd=cfg.logits_kd)
+
+
+def workload_sizes(cfg: RunConfig) -> WorkloadOptions:
+    """The options of ``cfg``'s workload that shape it (no weights, no seed): the key of facts
+    counted on the meta device (:func:`pipebd.costs.block_facts`, :func:`workload_facts`)."""
+    return workload_options(cfg).sizes()
 
 
 def _meta_facts(cfg: RunConfig) -> tuple[int, bool]:
     """(blocks, has convolutions) of ``cfg``'s workload, built once on the meta device (cached)."""
-    key = (cfg.workload, cfg.resolution, cfg.width_mult, cfg.num_classes)
+    key = (cfg.workload, workload_sizes(cfg))
     if key not in _SHAPES:
         with torch.device("meta"):
-            wl = build_workload(cfg.workload, WorkloadOptions(resolution=cfg.resolution, width_mult=cfg.width_mult,
-                                                              num_classes=cfg.num_classes), probe=False)
+            wl = build_workload(cfg.workload, workload_sizes(cfg), probe=False)
         conv = any(isinstance(m, torch.nn.Conv2d) for b in wl.teacher + wl.student for m in b.modules())
         _SHAPES[key] = (wl.num_blocks, conv)
     return _SHAPES[key]
@@ -56,6 +62,8 @@ def data_config(cfg: RunConfig, workload: Workload | None = None) -> DataConfig:
         stands_in = "cifar10"
     res = workload.input_shape[-1] if workload is not None else (cfg.resolution or 32)
     classes = workload.num_classes if workload is not None else (cfg.num_classes or 10)
+    seq = workload.tokens_per_sample if workload is not None else None
     return DataConfig(source=cfg.data, root=cfg.data_root, resolution=res, num_classes=classes,
                       size=cfg.data_size, stands_in_for=stands_in, augment=cfg.augment, seed=cfg.seed,
-                      device=cfg.device_type)
+                      device=cfg.device_type, seq_len=seq,
+                      tokenizer="smollm2" if cfg.teacher_weights == "smollm2" else "bytes")

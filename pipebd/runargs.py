@@ -20,15 +20,26 @@ def add_run_options(p: argparse.ArgumentParser, *, strategy: bool = True) -> Non
     g.add_argument("--width-mult", type=float, default=d.width_mult, help="channel width multiplier")
     g.add_argument("--num-classes", type=int, default=None, help="number of classes (dataset default)")
     g.add_argument("--teacher-weights", default=None, metavar="PATH",
-                   help="state dict of the full teacher (torch.save(model.state_dict())); random init if absent")
+                   help="state dict of the full teacher (torch.save(model.state_dict())); random init if absent; "
+                        "llm-smol: smollm2 is SmolLM2-135M-Instruct (./bootstrap.sh --with-smollm2)")
     g.add_argument("--no-student-bn", dest="student_bn", action="store_false",
                    help="tiny only: a BatchNorm-free student")
     g.add_argument("--no-nas-zero", dest="nas_zero", action="store_false",
                    help="nas-*: no Zero (skip) choice in the supernet (the paper has one on every cell but the first "
                         "of each stage)")
+    g = p.add_argument_group("decoder workloads (llm-*)")
+    g.add_argument("--seq-len", type=int, default=None, help="tokens per sample (workload default: 64)")
+    g.add_argument("--layers-per-block", type=int, default=d.layers_per_block,
+                   help="consecutive decoder layers per block (default 1)")
+    g.add_argument("--candidates", default=None, metavar="LIB",
+                   help="candidate students per block: uniform (default: ffn0.5,kv1), uneven, a list "
+                        "(ffn0.5,kv1,linattn,noattn,noffn) or ranges of blocks (0-3=ffn1,ffn0.5;4-9=ffn0.5)")
+    g.add_argument("--logits-kd", action="store_true", help="the last block's output is the logits, distilled with KL")
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=d.data, help="synthetic (default), cifar10 or imagenet")
-    g.add_argument("--data-root", default=None, help="dataset directory for cifar10 / imagenet")
+    g.add_argument("--data", default=d.data, help="synthetic (default), cifar10, imagenet, or text (llm-*)")
+    g.add_argument("--data-root", default=None,
+                   help="dataset directory for cifar10 / imagenet; for text a folder of .txt/.py files, or stdlib "
+                        "(the Python standard library's sources)")
     g.add_argument("--data-size", type=int, default=None, help="synthetic samples per epoch")
     g.add_argument("--augment", action="store_true", help="seeded random crop + flip")
     g = p.add_argument_group("training")

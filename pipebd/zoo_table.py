@@ -5,7 +5,7 @@ activation shape at each block boundary."""
 from __future__ import annotations
 
 from .costs import block_facts
-from .zoo import canonical_name, workload_names
+from .zoo import WorkloadOptions, canonical_name, workload_names
 
 __all__ = ["zoo_rows", "print_zoo"]
 
@@ -15,7 +15,7 @@ def zoo_rows(names: list[str] | None = None, *, resolution: int | None = None) -
     rows = []
     for name in names or workload_names():
         canon = canonical_name(name)
-        for i, f in enumerate(block_facts(canon, resolution)):
+        for i, f in enumerate(block_facts(canon, WorkloadOptions(resolution=resolution))):
             rows.append({"workload": canon, "block": i, "in_shape": f.in_shape, "out_shape": f.out_shape,
                          "teacher_params": f.teacher_params, "student_params": f.student_params,
                          "teacher_mflops": f.teacher_flops / 1e6, "student_mflops": f.student_flops / 1e6})

@@ -39,11 +39,12 @@ def estimate_cost_table(cfg, *, devices: int | None = None, spec: EstimateSpec |
     profile exists; absolute times are not meaningful.
     """
     from ..costs import block_facts
+    from ..options import workload_sizes
     from ..zoo import canonical_name
 
     spec = spec or ESTIMATE_SPECS.get(cfg.device_type, ESTIMATE_SPECS["cpu"])
     devices = devices or cfg.devices
-    facts = block_facts(cfg.workload, cfg.resolution, cfg.width_mult, cfg.num_classes, cfg.nas_zero)
+    facts = block_facts(cfg.workload, workload_sizes(cfg))
     t_flops = [f.teacher_flops for f in facts]
     act = [float(math.prod(facts[0].in_shape) * 4)] + [float(math.prod(f.out_shape) * 4) for f in facts]
     t_bytes = [float(f.teacher_params * 4) for f in facts]

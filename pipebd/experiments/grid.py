@@ -70,10 +70,9 @@ def unit_config(prof: ProfileSpec, unit: Unit, *, out: str, tag: str, profile_cs
     w = unit.workload
     kw = dict(prof.options)
     kw.update(prof.strategy_options.get(unit.strategy, {}))
-    return RunConfig(workload=w.name, strategy=unit.strategy, devices=unit.devices, batch_size=unit.batch_size,
-                     steps=unit.steps, warmup=unit.warmup, resolution=w.resolution, width_mult=w.width_mult,
-                     num_classes=w.num_classes, out=out, tag=tag, quiet=True, profile=profile_csv,
-                     ideal_seconds_per_sample=ideal_seconds_per_sample, **kw)
+    return RunConfig(strategy=unit.strategy, devices=unit.devices, batch_size=unit.batch_size,
+                     steps=unit.steps, warmup=unit.warmup, **w.run_fields(), out=out, tag=tag, quiet=True,
+                     profile=profile_csv, ideal_seconds_per_sample=ideal_seconds_per_sample, **kw)
 
 
 def _group_config(prof: ProfileSpec, w: WorkloadSpec, batch: int, devices: int) -> RunConfig:
@@ -81,9 +80,9 @@ def _group_config(prof: ProfileSpec, w: WorkloadSpec, batch: int, devices: int) 
     steps (they start at the runs' first measured step, so a supernet times the same paths)."""
     kw = {k: v for k, v in prof.options.items()}
     steps = w.steps if w.steps is not None else prof.steps
-    return RunConfig(workload=w.name, strategy="sequential", devices=devices, batch_size=batch,
-                     steps=max(prof.profile_steps, steps), warmup=prof.profile_warmup, resolution=w.resolution,
-                     width_mult=w.width_mult, num_classes=w.num_classes, quiet=True, **kw)
+    return RunConfig(strategy="sequential", devices=devices, batch_size=batch,
+                     steps=max(prof.profile_steps, steps), warmup=prof.profile_warmup, **w.run_fields(),
+                     quiet=True, **kw)
 
 
 def input_resolution(cfg: RunConfig) -> int:

@@ -13,6 +13,7 @@ import re
 from typing import get_type_hints
 
 from ..config import RunConfig
+from ..options import workload_sizes
 from .spec import (COSTS, EXPERIMENTS_DIR, GRID_FIELDS, MIN_NAS_WARMUP, PROFILES, Experiment, ExperimentError, _build,
                    _coerce, _keys)
 
@@ -96,8 +97,7 @@ def _check_options(options: dict, where: str) -> dict:
 
 
 @functools.lru_cache(maxsize=64)
-def workload_facts(name: str, resolution: int | None = None, width_mult: float = 1.0,
-                   num_classes: int | None = None) -> tuple[bool, int, int]:
+def workload_facts(name: str, sizes=None) -> tuple[bool, int, int]:
     """(is NAS, input resolution, epoch samples of the dataset it stands in for), from a meta build."""
     import torch
 
@@ -105,13 +105,12 @@ def workload_facts(name: str, resolution: int | None = None, width_mult: float =
     from ..zoo import WorkloadOptions, build_workload
 
     with torch.device("meta"):
-        wl = build_workload(name, WorkloadOptions(resolution=resolution, width_mult=width_mult,
-                                                  num_classes=num_classes), probe=False)
+        wl = build_workload(name, (sizes or WorkloadOptions()).sizes(), probe=False)
     return wl.is_nas, wl.input_shape[-1], EPOCH_SAMPLES.get(wl.default_dataset, EPOCH_SAMPLES["cifar10"])
 
 
 def _facts(cfg: RunConfig) -> tuple[bool, int, int]:
-    return workload_facts(cfg.workload, cfg.resolution, cfg.width_mult, cfg.num_classes)
+    return workload_facts(cfg.workload, workload_sizes(cfg))
 
 
 def validate_experiment(exp: Experiment) -> None:
@@ -183,8 +182,7 @@ def validate_experiment(exp: Experiment) -> None:
                 if b < max(prof.devices):
                     raise ExperimentError(f"{wat}: batch size {b} is smaller than {max(prof.devices)} devices; "
                                           "every device needs at least one row")
-            if prof.strategies and warmup < MIN_NAS_WARMUP and workload_facts(w.name, w.resolution, w.width_mult,
-                                                                               w.num_classes)[0]:
+            if prof.strategies and warmup < MIN_NAS_WARMUP and workload_facts(w.name, w.options())[0]:
                 raise ExperimentError(
                     f"{wat}: {w.name} is a NAS workload and needs warmup >= {MIN_NAS_WARMUP} (got {warmup}) so "
                     "every candidate op has run before timing; set warmup on the profile or the workload")

@@ -69,7 +69,7 @@ MIN_NAS_WARMUP = 8
 COSTS = ("profile", "estimate", "none")
 #: RunConfig fields the experiment grid sets itself (not allowed under ``options``).
 GRID_FIELDS = frozenset({"workload", "strategy", "devices", "batch_size", "steps", "warmup", "resolution",
-                         "width_mult", "num_classes", "out", "tag", "quiet", "profile", "save_weights",
+                         "width_mult", "num_classes", "seq_len", "layers_per_block", "candidates", "out", "tag", "quiet", "profile", "save_weights",
                          "block_shards", "inject_fault", "resume", "ideal_seconds_per_sample", "extra"})
 
 
@@ -89,12 +89,34 @@ class WorkloadSpec:
     steps: int | None = None  # default: the profile's
     warmup: int | None = None
     batch_sizes: tuple[int, ...] | None = None
+    # decoder workloads (pipebd.zoo.llm)
+    seq_len: int | None = None
+    layers_per_block: int = 1
+    candidates: str | None = None
 
     @property
     def key(self) -> str:
         res = "default" if self.resolution is None else str(self.resolution)
         cls = "" if self.num_classes is None else f"-c{self.num_classes}"
-        return f"{self.name}-r{res}-w{self.width_mult:g}{cls}"
+        llm = "" if self.seq_len is None else f"-s{self.seq_len}"
+        llm += "" if self.layers_per_block == 1 else f"-k{self.layers_per_block}"
+        llm += "" if self.candidates is None else "-" + "".join(c if c.isalnum() or c in ".-" else "_"
+                                                                for c in self.candidates)
+        return f"{self.name}-r{res}-w{self.width_mult:g}{cls}{llm}"
+
+    def run_fields(self) -> dict:
+        """The RunConfig fields this spec sets (the grid's sizes of the workload)."""
+        return dict(workload=self.name, resolution=self.resolution, width_mult=self.width_mult,
+                    num_classes=self.num_classes, seq_len=self.seq_len, layers_per_block=self.layers_per_block,
+                    candidates=self.candidates)
+
+    def options(self):
+        """The zoo's options of this spec's sizes."""
+        from ..zoo import WorkloadOptions
+
+        fields = self.run_fields()
+        fields.pop("workload")
+        return WorkloadOptions(**fields)
 
 
 @dataclass(frozen=True)

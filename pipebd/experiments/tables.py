@@ -31,7 +31,8 @@ _REPROFILED: set[str] = set()
 def profile_name(cfg: RunConfig) -> str:
     """File name of the cached profile of ``cfg``'s (workload and its sizes, device, devices, batch)."""
     spec = WorkloadSpec(cfg.workload, resolution=cfg.resolution, width_mult=cfg.width_mult,
-                        num_classes=cfg.num_classes)
+                        num_classes=cfg.num_classes, seq_len=cfg.seq_len, layers_per_block=cfg.layers_per_block,
+                        candidates=cfg.candidates)
     pins = (cfg.teacher_precision, cfg.student_precision, cfg.memory_format)
     modes = "" if pins == ("auto",) * 3 else "-m" + "-".join(p.replace("channels-last", "cl") for p in pins)
     return f"{spec.key}-{cfg.device_type}-n{cfg.devices}-b{cfg.batch_size}{modes}.csv"

@@ -44,6 +44,16 @@ class WorkloadOptions:
     seed: int = 0
     student_bn: bool = True  # tiny only: a BN-free student for exact-equivalence checks
     nas_zero: bool = True  # supernets: a Zero (skip) choice on every cell but the first of each stage
+    # decoder (language-model) workloads, pipebd.zoo.llm
+    seq_len: int | None = None  # tokens per sample
+    layers_per_block: int = 1  # decoder layers per block
+    candidates: str | None = None  # the candidate library per block (None: the "uniform" preset)
+    logits_kd: bool = False  # the last block's output is the logits, distilled with KL
+
+    def sizes(self) -> "WorkloadOptions":
+        """These options without what leaves shapes, FLOPs and parameter counts alone (the teacher's
+        weights and the seed): the key of everything counted on the meta device."""
+        return dataclasses.replace(self, teacher_weights=None, seed=0)
 
 
 @dataclass
@@ -58,6 +68,12 @@ class Workload:
     default_dataset: str
     options: WorkloadOptions
     boundary_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    input_dtype: torch.dtype = torch.float32  # token ids: torch.int64
+    tokens_per_sample: int | None = None  # sequence models: tokens per sample (throughput in tokens/s)
+
+    def example_input(self, rows: int) -> torch.Tensor:
+        """A zero batch of ``rows`` samples (on the current default device)."""
+        return torch.zeros((rows, *self.input_shape), dtype=self.input_dtype)
 
     @property
     def num_blocks(self) -> int:
@@ -141,7 +157,7 @@ def probe_shapes(wl: Workload) -> list[tuple[int, ...]]:
 
     Element 0 is the input shape, element ``i+1`` the output of block ``i``.
     """
-    x = torch.zeros((2, *wl.input_shape))
+    x = wl.example_input(2)
     shapes = [tuple(x.shape[1:])]
     with torch.no_grad():
         for i, (t, s) in enumerate(zip(wl.teacher, wl.student, strict=True)):
@@ -163,6 +179,8 @@ def probe_shapes(wl: Workload) -> list[tuple[int, ...]]:
                     raise WorkloadError(
                         f"{wl.name}: student block {i} cannot take input of shape {tuple(x.shape[1:])}: {e}"
                     ) from e
+                if getattr(s, "candidate_outputs", False):  # a library: one output per candidate
+                    z = z[0]
                 if z.shape != y.shape:
                     raise WorkloadError(
                         f"{wl.name}: student block {i} outputs {tuple(z.shape[1:])} but teacher block {i} "

@@ -23,14 +23,23 @@ def test_every_workload_chains_shapes(name):
     wl = build_workload(name, WorkloadOptions(resolution=32 if "imagenet" in name else None))
     assert wl.num_blocks == len(wl.student) >= 4
     shapes = wl.boundary_shapes
-    assert shapes[0] == wl.input_shape and shapes[-1] == (wl.num_classes,)
-    x = torch.randn(2, *wl.input_shape)
+    assert shapes[0] == wl.input_shape
+    if wl.tokens_per_sample:  # a decoder: token ids in, the final hidden state out
+        assert len(shapes[-1]) == 2 and shapes[-1][0] == wl.tokens_per_sample
+        x = torch.randint(wl.num_classes, (2, *wl.input_shape))
+    else:
+        assert shapes[-1] == (wl.num_classes,)
+        x = torch.randn(2, *wl.input_shape)
     for i, (t, s) in enumerate(zip(wl.teacher, wl.student)):
         y = teacher_forward([t], x)
         path = sample_path(s, seed=0, block_index=i, step=3)
         if path is not None:
             s.set_path(path)
-        assert s(x).shape == y.shape == (2, *shapes[i + 1])
+        z = s(x)
+        if getattr(s, "candidate_outputs", False):  # a library: one output per candidate
+            assert z.shape[0] == len(s.names)
+            z = z[0]
+        assert z.shape == y.shape == (2, *shapes[i + 1])
         x = y
 
 

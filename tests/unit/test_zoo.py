@@ -118,7 +118,7 @@ def _path_flops(block: SupernetBlock, x: torch.Tensor, path: tuple[int, ...]) ->
 
 def test_student_flops_are_the_mean_over_paths_with_zero_free():
     facts = block_facts("tiny-nas")
-    facts6 = block_facts("tiny-nas", nas_zero=False)
+    facts6 = block_facts("tiny-nas", WorkloadOptions(nas_zero=False))
     with torch.device("meta"):
         wl = build_workload("tiny-nas", probe=False)
         x = torch.zeros(1, *wl.input_shape)

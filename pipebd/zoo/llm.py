@@ -1,0 +1,351 @@
+"""Decoder-layer workloads: blockwise distillation of a Llama language model, a library of
+candidate students per block (NVIDIA Puzzle's "blockwise local distillation").
+
+The teacher is Hugging Face ``transformers``' ``LlamaForCausalLM`` (RMSNorm, rotary positions,
+grouped-query attention, SwiGLU FFN), cut into blocks of ``layers_per_block`` consecutive decoder
+layers: block 0 starts with the frozen token embedding (its input is token ids), the last block
+ends with the final RMSNorm (its output is the final hidden state) and, with ``logits_kd``, the
+(tied) LM head, so the last boundary is the logits. Every other boundary is a hidden state
+``(sequence, hidden)`` — fixed shapes, so a relay never changes size.
+
+A student block is a :class:`CandidateLibrary`: several replacement blocks (Puzzle, Bercovich et
+al. 2025, §3), each trained against the same teacher input and output of its block, so one teacher
+relay feeds all of them and a block's student cost is the sum over its candidates. The loss is
+the normalised MSE of ModelOpt's block-wise distillation — the MSE divided by the teacher
+output's mean square — summed over candidates (candidates share no parameters, so every
+candidate's gradient is exactly the one it would get trained alone); on the logits (last block
+with ``logits_kd``) it is the KL divergence of the student's next-token distribution from the
+teacher's. Candidates (:data:`CANDIDATES`), each made of ``transformers``' own Llama modules:
+
+- ``ffnF``: the FFN's intermediate width × F (``ffn1`` is the parent layer; F in (0, 1]);
+- ``kvK``: K key/value heads (grouped-query attention with fewer groups; K divides the heads);
+- ``linattn``: attention replaced by one linear map of the hidden state;
+- ``noattn`` / ``noffn``: attention or FFN removed (the layer keeps the other half).
+
+Candidates start from their parent's weights, as Puzzle initialises its replacement blocks: the
+first F × width FFN channels, key/value heads averaged over the groups they merge, a linear map
+of ``o_proj · v_proj`` (what attention computes when every token attends only to itself).
+
+Libraries per block come from ``--candidates``: a preset (``uniform``: ``ffn0.5,kv1`` on every
+block; ``uneven``: ``ffn1,ffn0.5,ffn0.25,ffn0.1,kv1,linattn`` on the first third of the blocks,
+``ffn0.5,kv1`` elsewhere), one list for every block (``ffn0.5,noattn``), or ranges of blocks
+(``0-3=ffn1,ffn0.5;4-9=ffn0.5``) that together cover every block once.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.models.llama.modeling_llama import LlamaAttention, LlamaDecoderLayer, LlamaMLP, LlamaRMSNorm
+
+from .registry import Workload, WorkloadError, WorkloadOptions, load_teacher_weights, register_workload
+
+__all__ = ["LlamaArch", "TINY", "SMOL", "CANDIDATES", "PRESETS", "llama_config", "parse_candidates",
+           "TeacherBlock", "VariantLayer", "CandidateLibrary"]
+
+
+@dataclass(frozen=True)
+class LlamaArch:
+    """The sizes of a Llama decoder (what ``LlamaConfig`` needs) and a default sequence length."""
+
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    vocab: int
+    seq: int
+    rope_theta: float = 10000.0
+    rms_eps: float = 1e-5
+    tied: bool = True
+    max_positions: int = 8192
+
+
+#: ``llm-tiny``: for tests (4 layers, hidden 128, 4 heads / 2 KV heads, vocabulary 512, sequence 64).
+TINY = LlamaArch(layers=4, hidden=128, heads=4, kv_heads=2, ffn=256, vocab=512, seq=64)
+#: ``llm-smol``: the SmolLM2-135M architecture; a short default sequence so a CPU step is seconds.
+SMOL = LlamaArch(layers=30, hidden=576, heads=9, kv_heads=3, ffn=1536, vocab=49152, seq=64,
+                 rope_theta=100000.0)
+
+#: candidate name -> (kind, value) pattern; see the module docstring.
+CANDIDATES = {"ffn": r"ffn(?P<v>1|1\.0|0?\.\d+)", "kv": r"kv(?P<v>\d+)", "linattn": r"linattn",
+              "noattn": r"noattn", "noffn": r"noffn"}
+PRESETS = {"uniform": "ffn0.5,kv1", "uneven": None}  # uneven depends on the block count
+_UNEVEN_EARLY, _UNEVEN_LATE = "ffn1,ffn0.5,ffn0.25,ffn0.1,kv1,linattn", "ffn0.5,kv1"
+
+
+def llama_config(arch: LlamaArch, **changes) -> LlamaConfig:
+    """The ``transformers`` config of ``arch`` (SDPA attention: causal without a mask tensor)."""
+    kw = dict(vocab_size=arch.vocab, hidden_size=arch.hidden, intermediate_size=arch.ffn,
+              num_hidden_layers=arch.layers, num_attention_heads=arch.heads, num_key_value_heads=arch.kv_heads,
+              rms_norm_eps=arch.rms_eps, tie_word_embeddings=arch.tied, max_position_embeddings=arch.max_positions,
+              rope_parameters={"rope_type": "default", "rope_theta": arch.rope_theta}, attn_implementation="sdpa",
+              use_cache=False)
+    kw.update(changes)
+    return LlamaConfig(**kw)
+
+
+def _check_name(name: str, arch: LlamaArch) -> str:
+    for kind, pattern in CANDIDATES.items():
+        m = re.fullmatch(pattern, name)
+        if m is None:
+            continue
+        if kind == "ffn" and not 0 < float(m["v"]) <= 1:
+            break
+        if kind == "kv" and (int(m["v"]) < 1 or arch.heads % int(m["v"])):
+            raise WorkloadError(f"candidate {name!r}: the KV heads must divide the {arch.heads} attention heads")
+        return name
+    raise WorkloadError(f"unknown candidate {name!r}; candidates are ffnF (0 < F <= 1, e.g. ffn0.5), kvK "
+                        "(K divides the heads), linattn, noattn, noffn")
+
+
+def parse_candidates(text: str | None, blocks: int, arch: LlamaArch) -> list[list[str]]:
+    """Every block's candidate names from ``--candidates`` text (module docstring); checked."""
+    text = (text or "uniform").strip()
+    if text == "uneven":
+        early = max(1, math.ceil(blocks / 3))
+        return [_UNEVEN_EARLY.split(",") if b < early else _UNEVEN_LATE.split(",") for b in range(blocks)]
+    text = PRESETS.get(text) or text
+    if "=" not in text:
+        libs: list[list[str] | None] = [[n.strip() for n in text.split(",")] for _ in range(blocks)]
+    else:
+        libs = [None] * blocks
+        for part in filter(None, (p.strip() for p in text.split(";"))):
+            rng, _, names = part.partition("=")
+            m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+))?\s*", rng)
+            if m is None or not names.strip():
+                raise WorkloadError(f"--candidates part {part!r}: write BLOCKS=NAMES, e.g. 0-3=ffn1,ffn0.5")
+            lo, hi = int(m[1]), int(m[2] or m[1])
+            if not 0 <= lo <= hi < blocks:
+                raise WorkloadError(f"--candidates part {part!r}: blocks {lo}-{hi} are outside 0-{blocks - 1}")
+            for b in range(lo, hi + 1):
+                if libs[b] is not None:
+                    raise WorkloadError(f"--candidates: block {b} is given twice")
+                libs[b] = [n.strip() for n in names.split(",")]
+        missing = [b for b, lib in enumerate(libs) if lib is None]
+        if missing:
+            raise WorkloadError(f"--candidates: blocks {missing} have no candidates; cover every block 0-{blocks - 1}")
+    for lib in libs:
+        if not lib or "" in lib:
+            raise WorkloadError(f"--candidates {text!r}: an empty candidate name")
+        if len(set(lib)) != len(lib):
+            raise WorkloadError(f"--candidates {text!r}: a block lists a candidate twice")
+        for name in lib:
+            _check_name(name, arch)
+    return libs  # type: ignore[return-value]
+
+
+def _positions(h: torch.Tensor, rotary: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    pos = torch.arange(h.shape[1], device=h.device).unsqueeze(0)
+    return rotary(h, pos)
+
+
+class TeacherBlock(nn.Module):
+    """Consecutive decoder layers of the teacher, with the embedding (block 0), the final norm
+    (last block) and the LM head (last block, logits distillation) where they belong."""
+
+    def __init__(self, layers: list[nn.Module], rotary: nn.Module, *, embed: nn.Module | None = None,
+                 norm: nn.Module | None = None, head: nn.Module | None = None):
+        super().__init__()
+        self.embed, self.layers, self.norm, self.head = embed, nn.ModuleList(layers), norm, head
+        self.rotary = [rotary]  # a list: shared buffers, not a submodule (no state-dict keys)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x) if self.embed is not None else x
+        pe = _positions(h, self.rotary[0])
+        for layer in self.layers:
+            h = layer(h, position_embeddings=pe)
+        if self.norm is not None:
+            h = self.norm(h)
+        return self.head(h) if self.head is not None else h
+
+
+class _LinearAttention(nn.Linear):
+    """Attention replaced by one linear map of the (normed) hidden state (Puzzle's "linear")."""
+
+    def forward(self, x: torch.Tensor, position_embeddings=None) -> tuple[torch.Tensor, None]:
+        return super().forward(x), None
+
+
+class VariantLayer(nn.Module):
+    """One decoder layer of a candidate: ``transformers``' Llama attention / MLP / RMSNorm, with
+    the attention or FFN narrowed, replaced or removed (:data:`CANDIDATES`)."""
+
+    def __init__(self, config: LlamaConfig, name: str, index: int):
+        super().__init__()
+        self.name = name
+        cfg, attn, ffn = config, "full", True
+        if name.startswith("ffn"):
+            cfg = copy.copy(config)
+            cfg.intermediate_size = max(1, round(float(name[3:]) * config.intermediate_size))
+        elif name.startswith("kv"):
+            cfg = copy.copy(config)
+            cfg.num_key_value_heads = int(name[2:])
+        elif name == "linattn":
+            attn = "linear"
+        elif name == "noattn":
+            attn = None
+        elif name == "noffn":
+            ffn = False
+        self.input_layernorm = LlamaRMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps) if attn else None
+        if attn == "full":
+            self.self_attn = LlamaAttention(cfg, layer_idx=index)
+        elif attn == "linear":
+            self.self_attn = _LinearAttention(cfg.hidden_size, cfg.hidden_size, bias=False)
+        else:
+            self.self_attn = None
+        self.post_attention_layernorm = LlamaRMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps) if ffn else None
+        self.mlp = LlamaMLP(cfg) if ffn else None
+
+    def forward(self, h: torch.Tensor, position_embeddings) -> torch.Tensor:
+        if self.self_attn is not None:
+            h = h + self.self_attn(self.input_layernorm(h), position_embeddings=position_embeddings)[0]
+        if self.mlp is not None:
+            h = h + self.mlp(self.post_attention_layernorm(h))
+        return h
+
+    @torch.no_grad()
+    def init_from(self, parent: LlamaDecoderLayer) -> None:
+        """Start from the parent layer's weights (module docstring)."""
+        if self.input_layernorm is not None:
+            self.input_layernorm.weight.copy_(parent.input_layernorm.weight)
+        if self.post_attention_layernorm is not None:
+            self.post_attention_layernorm.weight.copy_(parent.post_attention_layernorm.weight)
+        pa = parent.self_attn
+        if isinstance(self.self_attn, LlamaAttention):
+            a = self.self_attn
+            a.q_proj.weight.copy_(pa.q_proj.weight)
+            a.o_proj.weight.copy_(pa.o_proj.weight)
+            for mine, theirs in ((a.k_proj, pa.k_proj), (a.v_proj, pa.v_proj)):
+                heads_in = theirs.weight.shape[0] // pa.head_dim
+                heads_out = mine.weight.shape[0] // a.head_dim
+                w = theirs.weight.view(heads_out, heads_in // heads_out, pa.head_dim, -1).mean(1)
+                mine.weight.copy_(w.reshape_as(mine.weight))
+        elif isinstance(self.self_attn, _LinearAttention):
+            v = pa.v_proj.weight.view(-1, pa.head_dim, pa.v_proj.weight.shape[1])
+            v = v.repeat_interleave(pa.num_key_value_groups, dim=0).reshape(-1, v.shape[-1])
+            self.self_attn.weight.copy_(pa.o_proj.weight @ v)
+        if self.mlp is not None:
+            k = self.mlp.gate_proj.weight.shape[0]
+            self.mlp.gate_proj.weight.copy_(parent.mlp.gate_proj.weight[:k])
+            self.mlp.up_proj.weight.copy_(parent.mlp.up_proj.weight[:k])
+            self.mlp.down_proj.weight.copy_(parent.mlp.down_proj.weight[:, :k])
+
+
+class _Candidate(nn.Module):
+    """One replacement block: ``layers_per_block`` variant layers (+ the final norm on the last block)."""
+
+    def __init__(self, layers: list[VariantLayer], norm: nn.Module | None):
+        super().__init__()
+        self.layers, self.norm = nn.ModuleList(layers), norm
+
+    def forward(self, h: torch.Tensor, pe) -> torch.Tensor:
+        for layer in self.layers:
+            h = layer(h, pe)
+        return self.norm(h) if self.norm is not None else h
+
+
+class CandidateLibrary(nn.Module):
+    """A student block: a library of candidate replacement blocks trained side by side against the
+    same teacher block (module docstring). ``forward`` returns their outputs stacked on a new
+    first dimension (``candidate_outputs``: the probe compares ``out[i]`` with the teacher's);
+    :meth:`distill_loss` is the summed per-candidate loss."""
+
+    candidate_outputs = True
+
+    def __init__(self, names: list[str], candidates: list[_Candidate], rotary: nn.Module, *,
+                 embed: nn.Module | None = None, head: nn.Module | None = None):
+        super().__init__()
+        self.names = list(names)
+        self.candidates = nn.ModuleList(candidates)
+        self.embed, self.head = embed, head  # frozen, shared with the teacher where both are built
+        self.rotary = [rotary]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x) if self.embed is not None else x
+        pe = _positions(h, self.rotary[0])
+        outs = [c(h, pe) for c in self.candidates]
+        if self.head is not None:
+            outs = [self.head(o) for o in outs]
+        return torch.stack(outs)
+
+    def distill_loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Sum over candidates of the normalised MSE (KL on logits)."""
+        if self.head is not None:
+            logp_t = F.log_softmax(target, dim=-1)
+            per = [F.kl_div(F.log_softmax(o, dim=-1).flatten(0, -2), logp_t.flatten(0, -2), log_target=True,
+                            reduction="batchmean") for o in out]
+            return torch.stack(per).sum()
+        scale = target.pow(2).mean().clamp_min(1e-12)
+        return (out - target.unsqueeze(0)).pow(2).mean(dim=tuple(range(1, out.dim()))).sum() / scale
+
+    def candidate_losses(self, out: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        """Each candidate's loss (for reports; no gradient)."""
+        with torch.no_grad():
+            return {n: float(self.distill_loss(out[i:i + 1], target)) for i, n in enumerate(self.names)}
+
+
+def _build(arch: LlamaArch, options: WorkloadOptions, name: str) -> Workload:
+    k = options.layers_per_block
+    if k < 1 or arch.layers % k:
+        raise WorkloadError(f"{name}: --layers-per-block {k} must divide its {arch.layers} decoder layers")
+    seq = options.seq_len or arch.seq
+    if not 1 <= seq <= arch.max_positions:
+        raise WorkloadError(f"{name}: --seq-len must be between 1 and {arch.max_positions}, got {seq}")
+    if options.width_mult != 1.0:
+        raise WorkloadError(f"{name}: --width-mult does not apply to decoder workloads (use --candidates)")
+    blocks = arch.layers // k
+    libraries = parse_candidates(options.candidates, blocks, arch)
+    config = llama_config(arch)
+    full = LlamaForCausalLM(config)
+    _load_teacher(full, options, name)
+    rotary, embed, layers = full.model.rotary_emb, full.model.embed_tokens, list(full.model.layers)
+    head = full.lm_head if options.logits_kd else None
+    teacher, student = [], []
+    for b in range(blocks):
+        first, last = b == 0, b == blocks - 1
+        own = layers[b * k:(b + 1) * k]
+        teacher.append(TeacherBlock(own, rotary, embed=embed if first else None,
+                                    norm=full.model.norm if last else None, head=head if last else None))
+        candidates = []
+        for cand in libraries[b]:
+            vl = [VariantLayer(config, cand, b * k + j) for j in range(k)]
+            for v, parent in zip(vl, own):
+                v.init_from(parent)
+            norm = copy.deepcopy(full.model.norm) if last else None
+            candidates.append(_Candidate(vl, norm))
+        student.append(CandidateLibrary(libraries[b], candidates, rotary, embed=embed if first else None,
+                                        head=head if last else None))
+    embed.requires_grad_(False)
+    if head is not None:
+        head.requires_grad_(False)
+    return Workload(name=name, teacher=teacher, student=student, input_shape=(seq,), num_classes=arch.vocab,
+                    default_dataset="tokens", options=options, input_dtype=torch.int64, tokens_per_sample=seq)
+
+
+def _load_teacher(full: LlamaForCausalLM, options: WorkloadOptions, name: str) -> None:
+    if options.teacher_weights == "smollm2":
+        from ..smollm2 import state_dict
+
+        if full.config.vocab_size != SMOL.vocab or full.config.num_hidden_layers != SMOL.layers:
+            raise WorkloadError(f"--teacher-weights smollm2 is the SmolLM2-135M teacher: use it with llm-smol, not {name}")
+        full.load_state_dict(state_dict(), strict=True)
+        return
+    load_teacher_weights(full, options.teacher_weights, name)
+
+
+@register_workload("llm-tiny", description="4 Llama decoder layers, hidden 128, vocab 512, seq 64 (tests)")
+def llm_tiny(options: WorkloadOptions) -> Workload:
+    return _build(TINY, options, "llm-tiny")
+
+
+@register_workload("llm-smol", description="SmolLM2-135M architecture: 30 Llama decoder layers, hidden 576")
+def llm_smol(options: WorkloadOptions) -> Workload:
+    return _build(SMOL, options, "llm-smol")
