@@ -240,6 +240,7 @@ def _write_results(cfg: RunConfig, run_id: str, workload, data: DataSource, gath
         "git_commit": git_commit(), "torch_version": torch.__version__, "hostname": socket.gethostname(),
         "load_avg_start": load_start, "load_avg_end": _load_average(),
         "modes": reports[0].extra.get("modes") or "", "cpu": cpu_description(),
+        **token_throughput(cfg, workload.tokens_per_sample, summary["throughput_sps"]),
     }
     if cfg.ideal_seconds_per_sample is not None:
         row = metrics.with_ideal(row, cfg.ideal_seconds_per_sample * data.epoch_samples)
@@ -280,6 +281,30 @@ def git_commit() -> str:
         except (OSError, subprocess.SubprocessError):
             _GIT = "unknown"
     return _GIT
+
+
+#: Dense bf16 peak FLOP/s of known GPUs (vendor datasheets), for model FLOPs utilisation.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
+
+
+def token_throughput(cfg: RunConfig, tokens_per_sample: int | None, samples_per_s: float) -> dict:
+    """Tokens/s of a sequence workload, the model FLOP/s it achieves (teacher forward + student
+    forward and backward, 3× forward, counted by :func:`pipebd.costs.block_facts`) and, on a GPU of
+    known peak, the model FLOPs utilisation (PaLM's MFU) over all devices; blank for image workloads."""
+    if not tokens_per_sample:
+        return {"seq_len": None, "throughput_tps": None, "model_tflops": None, "mfu": None}
+    from .costs import block_facts
+    from .options import workload_sizes
+
+    per_sample = sum(f.teacher_flops + 3 * f.student_flops for f in block_facts(cfg.workload, workload_sizes(cfg)))
+    tflops = per_sample * samples_per_s / 1e12
+    mfu = None
+    if cfg.device_type == "cuda" and torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+        mfu = None if peak is None else tflops * 1e12 / (peak * cfg.devices)
+    return {"seq_len": tokens_per_sample, "throughput_tps": samples_per_s * tokens_per_sample,
+            "model_tflops": tflops, "mfu": mfu}
 
 
 def cpu_description() -> str:

@@ -42,8 +42,6 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
-from transformers.models.llama.modeling_llama import LlamaAttention, LlamaDecoderLayer, LlamaMLP, LlamaRMSNorm
 
 from .registry import Workload, WorkloadError, WorkloadOptions, load_teacher_weights, register_workload
 
@@ -81,8 +79,17 @@ PRESETS = {"uniform": "ffn0.5,kv1", "uneven": None}  # uneven depends on the blo
 _UNEVEN_EARLY, _UNEVEN_LATE = "ffn1,ffn0.5,ffn0.25,ffn0.1,kv1,linattn", "ffn0.5,kv1"
 
 
-def llama_config(arch: LlamaArch, **changes) -> LlamaConfig:
+def _llama():
+    """``transformers``' Llama modules, imported on first use (an image run never pays for them)."""
+    from transformers.models.llama import modeling_llama
+
+    return modeling_llama
+
+
+def llama_config(arch: LlamaArch, **changes) -> "LlamaConfig":
     """The ``transformers`` config of ``arch`` (SDPA attention: causal without a mask tensor)."""
+    from transformers import LlamaConfig
+
     kw = dict(vocab_size=arch.vocab, hidden_size=arch.hidden, intermediate_size=arch.ffn,
               num_hidden_layers=arch.layers, num_attention_heads=arch.heads, num_key_value_heads=arch.kv_heads,
               rms_norm_eps=arch.rms_eps, tie_word_embeddings=arch.tied, max_position_embeddings=arch.max_positions,
@@ -178,8 +185,9 @@ class VariantLayer(nn.Module):
     """One decoder layer of a candidate: ``transformers``' Llama attention / MLP / RMSNorm, with
     the attention or FFN narrowed, replaced or removed (:data:`CANDIDATES`)."""
 
-    def __init__(self, config: LlamaConfig, name: str, index: int):
+    def __init__(self, config: "LlamaConfig", name: str, index: int):
         super().__init__()
+        hf = _llama()
         self.name = name
         cfg, attn, ffn = config, "full", True
         if name.startswith("ffn"):
@@ -194,15 +202,15 @@ class VariantLayer(nn.Module):
             attn = None
         elif name == "noffn":
             ffn = False
-        self.input_layernorm = LlamaRMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps) if attn else None
+        self.input_layernorm = hf.LlamaRMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps) if attn else None
         if attn == "full":
-            self.self_attn = LlamaAttention(cfg, layer_idx=index)
+            self.self_attn = hf.LlamaAttention(cfg, layer_idx=index)
         elif attn == "linear":
             self.self_attn = _LinearAttention(cfg.hidden_size, cfg.hidden_size, bias=False)
         else:
             self.self_attn = None
-        self.post_attention_layernorm = LlamaRMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps) if ffn else None
-        self.mlp = LlamaMLP(cfg) if ffn else None
+        self.post_attention_layernorm = hf.LlamaRMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps) if ffn else None
+        self.mlp = hf.LlamaMLP(cfg) if ffn else None
 
     def forward(self, h: torch.Tensor, position_embeddings) -> torch.Tensor:
         if self.self_attn is not None:
@@ -212,14 +220,14 @@ class VariantLayer(nn.Module):
         return h
 
     @torch.no_grad()
-    def init_from(self, parent: LlamaDecoderLayer) -> None:
+    def init_from(self, parent: nn.Module) -> None:
         """Start from the parent layer's weights (module docstring)."""
         if self.input_layernorm is not None:
             self.input_layernorm.weight.copy_(parent.input_layernorm.weight)
         if self.post_attention_layernorm is not None:
             self.post_attention_layernorm.weight.copy_(parent.post_attention_layernorm.weight)
         pa = parent.self_attn
-        if isinstance(self.self_attn, LlamaAttention):
+        if isinstance(self.self_attn, _llama().LlamaAttention):
             a = self.self_attn
             a.q_proj.weight.copy_(pa.q_proj.weight)
             a.o_proj.weight.copy_(pa.o_proj.weight)
@@ -304,7 +312,7 @@ def _build(arch: LlamaArch, options: WorkloadOptions, name: str) -> Workload:
     blocks = arch.layers // k
     libraries = parse_candidates(options.candidates, blocks, arch)
     config = llama_config(arch)
-    full = LlamaForCausalLM(config)
+    full = _llama().LlamaForCausalLM(config)
     _load_teacher(full, options, name)
     rotary, embed, layers = full.model.rotary_emb, full.model.embed_tokens, list(full.model.layers)
     head = full.lm_head if options.logits_kd else None
@@ -330,7 +338,7 @@ def _build(arch: LlamaArch, options: WorkloadOptions, name: str) -> Workload:
                     default_dataset="tokens", options=options, input_dtype=torch.int64, tokens_per_sample=seq)
 
 
-def _load_teacher(full: LlamaForCausalLM, options: WorkloadOptions, name: str) -> None:
+def _load_teacher(full: nn.Module, options: WorkloadOptions, name: str) -> None:
     if options.teacher_weights == "smollm2":
         from ..smollm2 import state_dict
 

@@ -1,6 +1,8 @@
 """The registry is the contract: every registered strategy — a new baseline included, with no
 edit here — trains the same student weights (and NAS paths) as the sequential reference with
-the strategy's per-replica split, at N = 2 and 3 on ``tiny`` and on the supernet ``tiny-nas``.
+the strategy's per-replica split, at N = 2 and 3 on ``tiny`` and on the decoder workload ``llm-tiny``
+(a two-candidate library per block: every candidate's weights must match), and on the supernet
+``tiny-nas``.
 
 A strategy that refuses both ``tiny`` shapes (e.g. a map written for the paper's 4 devices and 6
 blocks) is verified on the paper's shape instead (the 6-block nas-cifar10 at N = 4, 16 px), so every
@@ -43,11 +45,15 @@ def _cases():
         for n in (2, 3):
             yield name, n, "tiny"
         yield name, 2, "tiny-nas"
+        for n in (2, 3):
+            yield name, n, "llm-tiny"
 
 
 @pytest.mark.parametrize("strategy,devices,workload", list(_cases()))
 def test_every_registered_strategy_keeps_the_math(verify_workdir, strategy, devices, workload):
     cfg = TINY.replace(strategy=strategy, devices=devices, workload=workload, inflight=1 if devices == 3 else 2)
+    if workload == "llm-tiny":  # 16 tokens, 2 candidates per block (ffn0.5, kv1)
+        cfg = cfg.replace(seq_len=16, batch_size=6, steps=2)
     why = _runnable(cfg)
     if why is not None:
         tiny_ok = any(_runnable(TINY.replace(strategy=strategy, devices=n)) is None for n in (2, 3))
