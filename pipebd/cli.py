@@ -21,7 +21,8 @@ __all__ = ["main", "add_run_options", "config_from_args", "COMMAND_MODULES"]
 
 #: Modules that add subcommands (each defines ``add_cli(subparsers)``).
 COMMAND_MODULES = ["pipebd.verify", "pipebd.commands.simulate", "pipebd.commands.plan", "pipebd.commands.schedule",
-                   "pipebd.profiler", "pipebd.experiments", "pipebd.bench", "pipebd.commands.precision"]
+                   "pipebd.profiler", "pipebd.experiments", "pipebd.bench", "pipebd.commands.precision",
+                   "pipebd.commands.perplexity"]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -18,8 +18,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LAYERS = {
     "pipebd.errors": 0, "pipebd.fileio": 0,
     "pipebd.config": 1, "pipebd.plan": 1, "pipebd.costfit": 1, "pipebd.runargs": 1, "pipebd.modes": 1,
-    "pipebd.zoo": 2, "pipebd.data": 2, "pipebd.distill": 2, "pipebd.schedule": 2, "pipebd.costmodel": 2,
+    "pipebd.zoo": 2, "pipebd.data": 2, "pipebd.data_tokens": 2, "pipebd.distill": 2, "pipebd.schedule": 2, "pipebd.costmodel": 2,
     "pipebd.costs": 2, "pipebd.options": 2, "pipebd.derived": 2, "pipebd.progress": 2,
+    "pipebd.smollm2": 1,
     "pipebd.planner": 3,
     "pipebd.strategies": 4, "baselines": 4,
     "pipebd.comm": 5, "pipebd.faults": 5, "pipebd.recorder": 5, "pipebd.metrics": 5, "pipebd.checkpoint": 5,
