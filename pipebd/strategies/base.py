@@ -104,6 +104,18 @@ class Strategy:
         return s
 
     @classmethod
+    def ownership(cls, cfg: RunConfig, num_blocks: int, rank: int, schedule: Schedule | None = None):
+        """The blocks ``rank`` must build (:class:`pipebd.zoo.BlockOwnership`): the teacher blocks
+        its actions run and the student blocks they train; ``None`` (build everything) for a
+        :meth:`run` escape hatch, whose use of the workload is unknown."""
+        if not uses_schedule(cls):
+            return None
+        from ..zoo import BlockOwnership
+
+        s = schedule or cls.schedule_for(cfg, num_blocks)
+        return BlockOwnership.of(s.teachers_of(rank), s.trainers_of(rank))
+
+    @classmethod
     def validate(cls, cfg: RunConfig, num_blocks: int) -> None:
         """Raise :class:`ConfigError` if ``cfg`` cannot run; called before any process starts."""
         if cfg.devices < cls.min_devices:

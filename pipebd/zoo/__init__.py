@@ -2,8 +2,8 @@
 
 from . import compress, llm, nas, tiny  # noqa: F401  (registers the workloads)
 from .layers import sample_path
-from .registry import (Workload, WorkloadError, WorkloadOptions, build_workload, canonical_name,
-                       workload_names)
+from .registry import (BlockOwnership, NotOwned, Workload, WorkloadError, WorkloadOptions, build_workload,
+                       canonical_name, workload_names)
 
-__all__ = ["Workload", "WorkloadError", "WorkloadOptions", "build_workload", "canonical_name",
-           "workload_names", "sample_path"]
+__all__ = ["Workload", "WorkloadError", "WorkloadOptions", "BlockOwnership", "NotOwned", "build_workload",
+           "canonical_name", "workload_names", "sample_path"]

@@ -37,13 +37,15 @@ from __future__ import annotations
 import copy
 import math
 import re
+import warnings
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import Workload, WorkloadError, WorkloadOptions, load_teacher_weights, register_workload
+from .registry import (BlockOwnership, NotOwned, Workload, WorkloadError, WorkloadOptions, load_teacher_weights,
+                       register_workload)
 
 __all__ = ["LlamaArch", "TINY", "SMOL", "CANDIDATES", "PRESETS", "llama_config", "parse_candidates",
            "TeacherBlock", "VariantLayer", "CandidateLibrary"]
@@ -300,7 +302,30 @@ class CandidateLibrary(nn.Module):
             return {n: float(self.distill_loss(out[i:i + 1], target)) for i, n in enumerate(self.names)}
 
 
-def _build(arch: LlamaArch, options: WorkloadOptions, name: str) -> Workload:
+def _piece_seed(seed: int, piece: int) -> int:
+    """The initialisation seed of one piece of the model (0: the embedding, 1 + i: decoder layer
+    i, then the final norm): a pure function of (seed, piece), so a rank that builds only some
+    pieces gives them the weights the full build gives them (splitmix-style odd multipliers)."""
+    return (seed * 0x9E3779B97F4A7C15 + (piece + 1) * 0xBF58476D1CE4E5B9) % (2**63 - 1)
+
+
+@torch.no_grad()
+def _materialise(full: nn.Module, module: nn.Module, seed: int, piece: int) -> None:
+    """Allocate ``module`` (built on the meta device inside ``full``) on the current default
+    device and initialise it as ``transformers`` initialises a Llama (``full._init_weights``:
+    normal(0, initializer_range) linear and embedding weights, unit norms), from its own seed."""
+    module.to_empty(device=torch.get_default_device())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_piece_seed(seed, piece))
+        for m in module.modules():
+            full._init_weights(m)
+
+
+def _build(arch: LlamaArch, options: WorkloadOptions, name: str, owned: BlockOwnership | None) -> Workload:
+    """The teacher cut into blocks and a candidate library per block; with ``owned`` only those
+    teacher and student blocks (plus the parent layers an owned student starts from, dropped
+    after) are allocated: the whole ``LlamaForCausalLM`` is built on the meta device and each
+    needed piece materialised from its own seed (:func:`_piece_seed`)."""
     k = options.layers_per_block
     if k < 1 or arch.layers % k:
         raise WorkloadError(f"{name}: --layers-per-block {k} must divide its {arch.layers} decoder layers")
@@ -312,25 +337,48 @@ def _build(arch: LlamaArch, options: WorkloadOptions, name: str) -> Workload:
     blocks = arch.layers // k
     libraries = parse_candidates(options.candidates, blocks, arch)
     config = llama_config(arch)
-    full = _llama().LlamaForCausalLM(config)
-    _load_teacher(full, options, name)
-    rotary, embed, layers = full.model.rotary_emb, full.model.embed_tokens, list(full.model.layers)
+    hf = _llama()
+    with torch.device("meta"):
+        full = hf.LlamaForCausalLM(config)
+    rotary = hf.LlamaRotaryEmbedding(config=config)  # buffers computed from the config: always built
+    teach = set(range(blocks)) if owned is None else set(owned.teacher)
+    stud = set(range(blocks)) if owned is None else set(owned.student)
+    parents, last = teach | stud, blocks - 1  # an owned student starts from its parent's layers
     head = full.lm_head if options.logits_kd else None
+    if 0 in parents or (head is not None and last in parents):
+        _materialise(full, full.model.embed_tokens, options.seed, 0)
+    for b in sorted(parents):
+        for j in range(b * k, (b + 1) * k):
+            _materialise(full, full.model.layers[j], options.seed, 1 + j)
+    if last in parents:
+        _materialise(full, full.model.norm, options.seed, 1 + arch.layers)
+    if head is not None and config.tie_word_embeddings:
+        full.lm_head.weight = full.model.embed_tokens.weight
+    elif head is not None and last in parents:
+        _materialise(full, full.lm_head, options.seed, 2 + arch.layers)
+    _load_teacher(full, options, name)
+    embed, layers = full.model.embed_tokens, list(full.model.layers)
     teacher, student = [], []
     for b in range(blocks):
-        first, last = b == 0, b == blocks - 1
+        first, is_last = b == 0, b == last
         own = layers[b * k:(b + 1) * k]
         teacher.append(TeacherBlock(own, rotary, embed=embed if first else None,
-                                    norm=full.model.norm if last else None, head=head if last else None))
+                                    norm=full.model.norm if is_last else None, head=head if is_last else None)
+                       if b in teach else NotOwned("teacher", b))
+        if b not in stud:
+            student.append(NotOwned("student", b))
+            continue
         candidates = []
-        for cand in libraries[b]:
-            vl = [VariantLayer(config, cand, b * k + j) for j in range(k)]
+        for c, cand in enumerate(libraries[b]):
+            with torch.random.fork_rng(devices=[]):  # every value is overwritten by init_from: seeded anyway
+                torch.manual_seed(_piece_seed(options.seed, 1000 * (b + 1) + c))
+                vl = [VariantLayer(config, cand, b * k + j) for j in range(k)]
             for v, parent in zip(vl, own):
                 v.init_from(parent)
-            norm = copy.deepcopy(full.model.norm) if last else None
+            norm = copy.deepcopy(full.model.norm) if is_last else None
             candidates.append(_Candidate(vl, norm))
         student.append(CandidateLibrary(libraries[b], candidates, rotary, embed=embed if first else None,
-                                        head=head if last else None))
+                                        head=head if is_last else None))
     embed.requires_grad_(False)
     if head is not None:
         head.requires_grad_(False)
@@ -339,21 +387,28 @@ def _build(arch: LlamaArch, options: WorkloadOptions, name: str) -> Workload:
 
 
 def _load_teacher(full: nn.Module, options: WorkloadOptions, name: str) -> None:
-    if options.teacher_weights == "smollm2":
-        from ..smollm2 import state_dict
+    """Load ``--teacher-weights`` (strict keys) into the pieces of ``full`` that are allocated; the
+    ones left on the meta device (not owned by this rank) skip their tensors."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*meta parameter.*no-op")  # the pieces not built here
+        if options.teacher_weights == "smollm2":
+            from ..smollm2 import state_dict
 
-        if full.config.vocab_size != SMOL.vocab or full.config.num_hidden_layers != SMOL.layers:
-            raise WorkloadError(f"--teacher-weights smollm2 is the SmolLM2-135M teacher: use it with llm-smol, not {name}")
-        full.load_state_dict(state_dict(), strict=True)
-        return
-    load_teacher_weights(full, options.teacher_weights, name)
+            if full.config.vocab_size != SMOL.vocab or full.config.num_hidden_layers != SMOL.layers:
+                raise WorkloadError(f"--teacher-weights smollm2 is the SmolLM2-135M teacher: use it with llm-smol, "
+                                    f"not {name}")
+            full.load_state_dict(state_dict(), strict=True)
+            return
+        load_teacher_weights(full, options.teacher_weights, name)
 
 
-@register_workload("llm-tiny", description="4 Llama decoder layers, hidden 128, vocab 512, seq 64 (tests)")
-def llm_tiny(options: WorkloadOptions) -> Workload:
-    return _build(TINY, options, "llm-tiny")
+@register_workload("llm-tiny", description="4 Llama decoder layers, hidden 128, vocab 512, seq 64 (tests)",
+                   partial=True)
+def llm_tiny(options: WorkloadOptions, owned: BlockOwnership | None = None) -> Workload:
+    return _build(TINY, options, "llm-tiny", owned)
 
 
-@register_workload("llm-smol", description="SmolLM2-135M architecture: 30 Llama decoder layers, hidden 576")
-def llm_smol(options: WorkloadOptions) -> Workload:
-    return _build(SMOL, options, "llm-smol")
+@register_workload("llm-smol", description="SmolLM2-135M architecture: 30 Llama decoder layers, hidden 576",
+                   partial=True)
+def llm_smol(options: WorkloadOptions, owned: BlockOwnership | None = None) -> Workload:
+    return _build(SMOL, options, "llm-smol", owned)

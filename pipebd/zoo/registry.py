@@ -28,6 +28,8 @@ __all__ = [
     "workload_names",
     "canonical_name",
     "load_teacher_weights",
+    "BlockOwnership",
+    "NotOwned",
 ]
 
 log = logging.getLogger("pipebd.zoo")
@@ -54,6 +56,32 @@ class WorkloadOptions:
         """These options without what leaves shapes, FLOPs and parameter counts alone (the teacher's
         weights and the seed): the key of everything counted on the meta device."""
         return dataclasses.replace(self, teacher_weights=None, seed=0)
+
+
+@dataclass(frozen=True)
+class BlockOwnership:
+    """The blocks one rank builds: the teacher blocks its schedule runs and the student blocks it
+    trains (DESIGN.md §5: a rank owning 1/N of the blocks holds about 1/N of the parameters)."""
+
+    teacher: frozenset[int]
+    student: frozenset[int]
+
+    @classmethod
+    def of(cls, teacher, student) -> "BlockOwnership":
+        return cls(frozenset(int(b) for b in teacher), frozenset(int(b) for b in student))
+
+
+class NotOwned(nn.Module):
+    """Stands in for a block this rank did not build (no parameters, no memory); using it is a bug
+    in the schedule's ownership, and says so."""
+
+    def __init__(self, kind: str, index: int):
+        super().__init__()
+        self.kind, self.index = kind, index
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError(f"{self.kind} block {self.index} was not built on this rank: its schedule has no "
+                           f"{self.kind.upper()} action for it (pipebd.zoo.BlockOwnership)")
 
 
 @dataclass
@@ -84,19 +112,27 @@ class Workload:
         return any(getattr(b, "is_supernet", False) for b in self.student)
 
 
-Builder = Callable[[WorkloadOptions], Workload]
+Builder = Callable[..., Workload]
 _BUILDERS: dict[str, Builder] = {}
+_PARTIAL: set[str] = set()  # builders that take ``owned`` and build only those blocks
 _ALIASES: dict[str, str] = {}
 _DESCRIPTIONS: dict[str, str] = {}
 
 
-def register_workload(name: str, *, aliases: tuple[str, ...] = (), description: str = ""):
-    """Decorator: register ``fn(options) -> Workload`` under ``name`` (and ``aliases``)."""
+def register_workload(name: str, *, aliases: tuple[str, ...] = (), description: str = "", partial: bool = False):
+    """Decorator: register ``fn(options) -> Workload`` under ``name`` (and ``aliases``).
+
+    ``partial``: the builder is ``fn(options, owned)`` and instantiates only the blocks ``owned``
+    names (:class:`BlockOwnership`; ``None``: all), with an initialisation that does not depend on
+    which blocks are built. Other builders build every block and :func:`build_workload` drops the
+    ones a rank does not own (their memory is freed, but the build's peak includes them)."""
 
     def deco(fn: Builder) -> Builder:
         if name in _BUILDERS or name in _ALIASES:
             raise RuntimeError(f"workload {name!r} registered twice")
         _BUILDERS[name] = fn
+        if partial:
+            _PARTIAL.add(name)
         _DESCRIPTIONS[name] = description
         for alias in aliases:
             _ALIASES[alias] = name
@@ -126,11 +162,15 @@ def canonical_name(name: str) -> str:
     )
 
 
-def build_workload(name: str, options: WorkloadOptions | None = None, *, probe: bool = True) -> Workload:
+def build_workload(name: str, options: WorkloadOptions | None = None, *, probe: bool = True,
+                   owned: BlockOwnership | None = None) -> Workload:
     """Build workload ``name``; initialisation is a function of ``options.seed`` alone.
 
     With ``probe`` a zero batch is pushed through every block to check that shapes chain
-    (teacher ``i`` output = student ``i`` output = teacher ``i+1`` input).
+    (teacher ``i`` output = student ``i`` output = teacher ``i+1`` input). With ``owned`` only
+    those teacher and student blocks are built (the others are :class:`NotOwned`), each with the
+    same weights as in the full build; the boundary shapes then come from a probe of the whole
+    workload on the meta device.
     """
     options = options or WorkloadOptions()
     canon = canonical_name(name)
@@ -142,14 +182,30 @@ def build_workload(name: str, options: WorkloadOptions | None = None, *, probe: 
         raise WorkloadError(f"number of classes must be >= 2, got {options.num_classes}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
-        wl = _BUILDERS[canon](options)
+        wl = _BUILDERS[canon](options, owned) if canon in _PARTIAL else _BUILDERS[canon](options)
     wl.name = canon
+    if owned is not None and canon not in _PARTIAL:
+        wl.teacher = [t if i in owned.teacher else NotOwned("teacher", i) for i, t in enumerate(wl.teacher)]
+        wl.student = [s if i in owned.student else NotOwned("student", i) for i, s in enumerate(wl.student)]
     for blk in wl.teacher:
         blk.eval()
         blk.requires_grad_(False)
     if probe:
-        wl.boundary_shapes = probe_shapes(wl)
+        wl.boundary_shapes = probe_shapes(wl) if owned is None else list(meta_shapes(canon, options.sizes()))
     return wl
+
+
+_META_SHAPES: dict[tuple, tuple] = {}
+
+
+def meta_shapes(name: str, sizes: WorkloadOptions) -> tuple[tuple[int, ...], ...]:
+    """The boundary shapes of workload ``name`` (options without weights or seed), probed on the
+    meta device: no memory, no compute (cached)."""
+    key = (canonical_name(name), sizes)
+    if key not in _META_SHAPES:
+        with torch.device("meta"):
+            _META_SHAPES[key] = tuple(build_workload(name, sizes, probe=True).boundary_shapes)
+    return _META_SHAPES[key]
 
 
 def probe_shapes(wl: Workload) -> list[tuple[int, ...]]:

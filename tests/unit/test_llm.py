@@ -148,3 +148,41 @@ def test_data_sources_match_the_workload_kind():
         validate_data_config(DataConfig(source="cifar10", root="/tmp", seq_len=16))
     with pytest.raises(DataError, match="needs --data-root"):
         validate_data_config(DataConfig(source="text", seq_len=16))
+
+
+def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_rank_builds_only_the_blocks_it_owns_with_the_full_builds_weights():
+    from pipebd.zoo import BlockOwnership, NotOwned
+
+    opts = WorkloadOptions(seq_len=8, candidates="ffn0.5,kv1", seed=5)
+    full = build_workload("llm-tiny", opts)
+    part = build_workload("llm-tiny", opts, owned=BlockOwnership.of([2, 3], [3]))
+    assert part.boundary_shapes == full.boundary_shapes  # from the meta probe
+    assert [type(t) is NotOwned for t in part.teacher] == [True, True, False, False]
+    assert [type(s) is NotOwned for s in part.student] == [True, True, True, False]
+    for i in (2, 3):
+        assert _same_state(part.teacher[i], full.teacher[i])
+    assert _same_state(part.student[3], full.student[3])
+    held = sum(p.numel() for m in part.teacher + part.student for p in m.parameters())
+    whole = sum(p.numel() for m in full.teacher + full.student for p in m.parameters())
+    assert held < 0.5 * whole  # the embedding (block 0) and blocks 0-1 are not allocated
+    with pytest.raises(RuntimeError, match="teacher block 0 was not built on this rank"):
+        part.teacher[0](torch.zeros(1, 8, dtype=torch.long))
+
+
+def test_an_owned_student_without_its_teacher_still_starts_from_its_parent():
+    from pipebd.zoo import BlockOwnership
+
+    opts = WorkloadOptions(seq_len=8, candidates="ffn1", seed=1, logits_kd=True)
+    full = build_workload("llm-tiny", opts)
+    part = build_workload("llm-tiny", opts, owned=BlockOwnership.of([], [0, 3]))
+    assert _same_state(part.student[0], full.student[0]) and _same_state(part.student[3], full.student[3])
+    tokens = torch.randint(0, 512, (2, 8))
+    h = full.teacher[0](tokens)
+    assert torch.equal(part.student[0](tokens)[0], full.student[0](tokens)[0])  # the shared embedding is real
+    assert part.student[3].head.weight.data_ptr() == part.student[0].embed.weight.data_ptr()  # tied head
+    assert h.shape[-1] == 128

@@ -355,18 +355,19 @@ def test_compare_weights_names_a_missing_block_and_the_strategy():
 
 @pytest.fixture
 def fake_launch(monkeypatch):
-    """Replace verify's ``launch`` by one that writes saved weights without running anything;
-    ``lacking[strategy]`` lists blocks that strategy's file leaves out. Records what ran."""
+    """Replace verify's ``launch_series`` by one that writes saved weights without running
+    anything; ``lacking[strategy]`` lists blocks that strategy's file leaves out. Records what ran."""
     import pipebd.verify
 
     ran, lacking = [], {}
 
-    def launch(cfg):
-        ran.append(cfg.strategy)
-        blocks = [i for i in range(4) if i not in lacking.get(cfg.strategy, ())]
-        torch.save(_fake_weights(blocks), cfg.save_weights)
+    def launch_series(cfgs):
+        for cfg in cfgs:
+            ran.append(cfg.strategy)
+            blocks = [i for i in range(4) if i not in lacking.get(cfg.strategy, ())]
+            torch.save(_fake_weights(blocks), cfg.save_weights)
 
-    monkeypatch.setattr(pipebd.verify, "launch", launch)
+    monkeypatch.setattr(pipebd.verify, "launch_series", launch_series)
     return ran, lacking
 
 

@@ -131,3 +131,24 @@ def test_student_flops_are_the_mean_over_paths_with_zero_free():
     assert all(a.student_flops < b.student_flops for a, b in zip(facts[:3], facts6[:3]))
     assert facts[3].student_flops == facts6[3].student_flops  # one cell, no Zero
     assert [f.student_params for f in facts] == [f.student_params for f in facts6]
+
+
+def test_a_rank_of_a_schedule_builds_only_its_blocks():
+    """The ownership is read from the rank's actions; a builder without partial support builds
+    everything and the blocks the rank does not own are dropped."""
+    from pipebd.strategies import get_strategy
+    from pipebd.zoo import NotOwned
+
+    cfg = RunConfig(workload="tiny", strategy="even", devices=2, batch_size=4, steps=1, warmup=0)
+    owned = [get_strategy("even").ownership(cfg, 4, r) for r in range(2)]
+    assert owned[0].student | owned[1].student == {0, 1, 2, 3} and not owned[0].student & owned[1].student
+    assert all(o.student <= o.teacher for o in owned)  # a rank runs the teacher of what it trains
+    wl = build_workload("tiny", workload_options(cfg), owned=owned[1])
+    full = build_workload("tiny", workload_options(cfg))
+    assert wl.boundary_shapes == full.boundary_shapes
+    for i in range(4):
+        assert (type(wl.student[i]) is NotOwned) == (i not in owned[1].student)
+        if i in owned[1].student:
+            assert all(torch.equal(a, b) for a, b in zip(wl.student[i].state_dict().values(),
+                                                         full.student[i].state_dict().values()))
+    assert get_strategy("dp").ownership(cfg.replace(strategy="dp"), 4, 1).student == {0, 1, 2, 3}
