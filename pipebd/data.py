@@ -37,7 +37,6 @@ from typing import Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision import datasets, transforms
 
 from .data_tokens import SyntheticTokens, TextTokens, resolve_text_root
 from .errors import DataError
@@ -181,6 +180,8 @@ def build_dataset(cfg: DataConfig) -> Dataset:
         return SyntheticImages(size, cfg.resolution, cfg.num_classes, cfg.seed)
     if cfg.source == "text":
         return TextTokens(cfg.root, cfg.seq_len, cfg.num_classes, cfg.tokenizer, limit=cfg.size)
+    from torchvision import datasets, transforms  # real images only: ~2 s of imports
+
     to_tensor = [transforms.ToTensor(), transforms.Normalize(_MEAN, _STD)]
     if cfg.source == "cifar10":
         resize = [transforms.Resize(cfg.resolution)] if cfg.resolution != 32 else []

@@ -14,8 +14,6 @@ The student block is the teacher block with every 3×3 convolution made depthwis
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models import resnet50
-from torchvision.models.vgg import VGG, cfgs, make_layers
 
 from .layers import depthwise_separable
 from .registry import Workload, WorkloadOptions, load_teacher_weights, register_workload
@@ -33,6 +31,8 @@ def _finish(name: str, t_blocks: list[nn.Module], options: WorkloadOptions, res:
 def _vgg16(options: WorkloadOptions, *, cifar: bool) -> Workload:
     res = options.resolution or (32 if cifar else 224)
     classes = options.num_classes or (10 if cifar else 1000)
+    from torchvision.models.vgg import VGG, cfgs, make_layers  # torchvision on first use: ~2 s of imports
+
     cfg = [v if v == "M" else max(8, int(v * options.width_mult)) for v in cfgs["D"]]
     top = cfg[-2]
     teacher = VGG(make_layers(cfg, batch_norm=True), num_classes=classes)
@@ -56,6 +56,8 @@ def _resnet50(options: WorkloadOptions, *, cifar: bool) -> Workload:
     res = options.resolution or (32 if cifar else 224)
     classes = options.num_classes or (10 if cifar else 1000)
     # torchvision's ResNet has fixed stage widths; the multiplier scales the bottleneck width.
+    from torchvision.models import resnet50  # torchvision on first use: ~2 s of imports
+
     teacher = resnet50(num_classes=classes, width_per_group=max(8, int(64 * options.width_mult)))
     if cifar:
         teacher.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)

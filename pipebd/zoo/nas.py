@@ -15,8 +15,6 @@ Zero (skip) choice on every cell but the first of each stage (1 + 3 + 3 + 3 + 3 
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models.mobilenetv2 import MobileNetV2
-from torchvision.ops.misc import Conv2dNormActivation
 
 from .layers import MBConv, SupernetBlock, make_divisible
 from .registry import Workload, WorkloadOptions, load_teacher_weights, register_workload
@@ -31,6 +29,9 @@ _IMAGENET_STRIDES = (2, 2, 2, 1, 2, 1)
 
 
 def _build(options: WorkloadOptions, *, cifar: bool) -> Workload:
+    from torchvision.models.mobilenetv2 import MobileNetV2  # torchvision on first use: ~2 s of imports
+    from torchvision.ops.misc import Conv2dNormActivation
+
     res = options.resolution or (32 if cifar else 224)
     classes = options.num_classes or (10 if cifar else 1000)
     wm = options.width_mult

@@ -16,6 +16,25 @@ def verify_workdir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def verified(request, verify_workdir):
+    """``verified(module_name, key)``: the :class:`~pipebd.verify.VerifyResult` of a case in a test
+    module's ``VERIFY_CASES`` (key -> RunConfig). Every case of every module collected in the
+    session is verified at once, on first use, with :func:`pipebd.verify.verify_strategies`: the
+    references in one series of single-rank runs, the runs in one series per device count, so the
+    session pays for a few process starts instead of two per case."""
+    from pipebd.verify import prepare, verify_strategies
+    from tests.helpers import _REFERENCES
+
+    cases = {}
+    for module in dict.fromkeys(item.module for item in request.session.items):
+        for key, cfg in getattr(module, "VERIFY_CASES", {}).items():
+            cases[(module.__name__, key)] = cfg
+    prepared = {case: prepare(cfg, verify_workdir) for case, cfg in cases.items()}
+    results = dict(zip(prepared, verify_strategies(list(prepared.values()), reference_cache=_REFERENCES)))
+    return lambda module, key: results[(module, key)]
+
+
+@pytest.fixture(scope="session")
 def dp_tiny_run(tmp_path_factory):
     """One uninterrupted dp run on 2 ranks: ``(results dir, saved weights, RunOutcome)``.
 

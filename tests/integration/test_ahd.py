@@ -19,9 +19,14 @@ from tests.helpers import assert_keeps_math
 TINY = RunConfig(workload="tiny", strategy="ahd", batch_size=8, steps=3, warmup=1, threads=1, timeout=60)
 
 
-@pytest.mark.parametrize("plan,devices,workload", [
+PLANS = [
     ("0-1x2@2:1,2-3x1", 3, "tiny"),  # uneven split (5 + 3 rows) -> 1: gather
     ("0x1,1-3x2", 3, "tiny-nas"),  # 1 -> 2: slice; the replicas of blocks 1-3 sample one NAS path
-])
-def test_verify_plans(verify_workdir, plan, devices, workload):
-    assert_keeps_math(TINY.replace(plan=plan, devices=devices, workload=workload), verify_workdir)
+]
+#: verified in the session's shared series (tests/integration/conftest.py: verified)
+VERIFY_CASES = {case: TINY.replace(plan=case[0], devices=case[1], workload=case[2]) for case in PLANS}
+
+
+@pytest.mark.parametrize("plan,devices,workload", PLANS)
+def test_verify_plans(verified, plan, devices, workload):
+    assert_keeps_math(verified(__name__, (plan, devices, workload)))

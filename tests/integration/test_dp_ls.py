@@ -16,13 +16,16 @@ from pipebd.config import RunConfig
 from tests.helpers import assert_keeps_math
 
 
-def test_ls_tiny_2_ranks_explicit_map_matches_reference(verify_workdir):
-    # rank 0 owns only the last block, rank 1 trains three blocks out of index order; the registry
-    # test's configuration otherwise, so the sequential reference is the one it trained (shared)
-    cfg = RunConfig(workload="tiny", strategy="ls", devices=2, batch_size=10, steps=3, warmup=1, threads=1,
-                    timeout=60, ls_map="3,2:0:1")
-    assert LayerWise.describe_plan(cfg, 4) == "3,2:0:1"
-    assert_keeps_math(cfg, verify_workdir)
+#: verified in the session's shared series (tests/integration/conftest.py: verified). Rank 0 owns
+#: only the last block, rank 1 trains three blocks out of index order; the registry test's
+#: configuration otherwise, so the sequential reference is the one it trained (shared)
+VERIFY_CASES = {"ls-map": RunConfig(workload="tiny", strategy="ls", devices=2, batch_size=10, steps=3, warmup=1,
+                                    threads=1, timeout=60, ls_map="3,2:0:1")}
+
+
+def test_ls_tiny_2_ranks_explicit_map_matches_reference(verified):
+    assert LayerWise.describe_plan(VERIFY_CASES["ls-map"], 4) == "3,2:0:1"
+    assert_keeps_math(verified(__name__, "ls-map"))
 
 
 def test_dp_launch_writes_ok_run_row(dp_tiny_run):

@@ -10,22 +10,25 @@ import pytest
 
 from pipebd.commands.precision import precision_check
 from pipebd.config import RunConfig
-from pipebd.verify import BF16_RTOL, verify_strategy
-from tests.helpers import _REFERENCES
+from pipebd.verify import BF16_RTOL
 
 TINY = RunConfig(workload="tiny", batch_size=10, steps=3, warmup=1, threads=1, timeout=60, devices=2)
 
 
-@pytest.mark.parametrize("strategy,modes", [
+MODES = [
     # a relay of bf16, channels-last activations, every part in bf16-cl
     ("tr-dpu", "teacher=bf16-cl*4;student=bf16-cl*4"),
     # mixed per block: each consumer converts its input's dtype and format on entry; all-reduce of
     # channels-last gradients
     ("ahd", "teacher=fp32-cl,bf16*2,fp32;student=bf16,fp32-cl,bf16-cl,fp32"),
-])
-def test_bf16_and_channels_last_keep_the_math_of_their_reference(verify_workdir, strategy, modes):
-    res = verify_strategy(TINY.replace(strategy=strategy, modes=modes), workdir=verify_workdir,
-                          reference_cache=_REFERENCES)
+]
+#: verified in the session's shared series (tests/integration/conftest.py: verified)
+VERIFY_CASES = {case: TINY.replace(strategy=case[0], modes=case[1]) for case in MODES}
+
+
+@pytest.mark.parametrize("strategy,modes", MODES)
+def test_bf16_and_channels_last_keep_the_math_of_their_reference(verified, verify_workdir, strategy, modes):
+    res = verified(__name__, (strategy, modes))
     assert res.paths_equal
     assert res.ok, res.detail
     assert res.max_rel_error <= BF16_RTOL

@@ -22,11 +22,15 @@ from tests.helpers import assert_keeps_math
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_verify_nas_cifar10_given_stages(verify_workdir):
-    # the registry test's paper shape but for the strategy: the same sequential reference (shared)
-    cfg = RunConfig(workload="nas-cifar10", resolution=16, batch_size=8, steps=2, warmup=1, threads=1,
-                    strategy="tr-dpu", devices=3, stages="0-2,3-4,5")
-    assert assert_keeps_math(cfg, verify_workdir).max_rel_error == 0.0  # same shapes, same threads: the relay is exact
+#: verified in the session's shared series (tests/integration/conftest.py: verified); the
+#: registry test's paper shape but for the strategy: the same sequential reference (shared)
+VERIFY_CASES = {"stages": RunConfig(workload="nas-cifar10", resolution=16, batch_size=8, steps=2, warmup=1, threads=1,
+                                    strategy="tr-dpu", devices=3, stages="0-2,3-4,5")}
+
+
+def test_verify_nas_cifar10_given_stages(verified):
+    res = assert_keeps_math(verified(__name__, "stages"))
+    assert res.max_rel_error == 0.0  # same shapes, same threads: the relay is exact
 
 
 def _free_port() -> int:

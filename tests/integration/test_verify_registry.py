@@ -8,8 +8,9 @@ A strategy that refuses both ``tiny`` shapes (e.g. a map written for the paper's
 blocks) is verified on the paper's shape instead (the 6-block nas-cifar10 at N = 4, 16 px), so every
 registered strategy is verified somewhere. References are shared between strategies with the
 same split (the session's verify_workdir and tests.helpers' cache, so other modules' verify tests
-share them too), and every case runs in one series of runs per device count (one spawn each:
-``verify_strategies``), so the whole registry costs a handful of process starts.
+share them too), and every case runs in the session's series of runs, one per device count (one spawn each:
+``verify_strategies`` through the ``verified`` fixture), so the whole registry costs a handful of
+process starts.
 
 Batch 10 makes every data-parallel split at N = 3 uneven (4 + 3 + 3 rows: the rows_r / B loss
 weights), so no per-strategy test repeats it.
@@ -22,8 +23,6 @@ import pytest
 from pipebd.config import ConfigError, RunConfig
 from pipebd.preflight import validate
 from pipebd.strategies import get_strategy, strategy_names
-from pipebd.verify import prepare, verify_strategies
-from tests.helpers import _REFERENCES
 
 TINY = RunConfig(workload="tiny", batch_size=10, steps=3, warmup=1, threads=1, timeout=60)
 PAPER_SHAPE = RunConfig(workload="nas-cifar10", resolution=16, batch_size=8, steps=2, warmup=1, threads=1,
@@ -68,23 +67,16 @@ def _config(strategy: str, devices: int, workload: str) -> RunConfig | str:
 
 
 CASES = list(_cases())
-
-
-@pytest.fixture(scope="module")
-def registry_results(verify_workdir) -> dict:
-    """Every case verified at once: the references as one series of single-rank runs, the runs as
-    one series per device count (pipebd.verify.verify_strategies), so the registry costs a handful
-    of spawns; the session's workdir and reference cache serve every other verify test too."""
-    configs = {case: _config(*case) for case in CASES}
-    runnable = {case: prepare(cfg, verify_workdir) for case, cfg in configs.items() if not isinstance(cfg, str)}
-    results = dict(zip(runnable, verify_strategies(list(runnable.values()), reference_cache=_REFERENCES)))
-    return {case: results.get(case, configs[case]) for case in CASES}
+_CONFIGS = {case: _config(*case) for case in CASES}
+#: the runnable cases, verified in the session's shared series (tests/integration/conftest.py: verified)
+VERIFY_CASES = {case: cfg for case, cfg in _CONFIGS.items() if not isinstance(cfg, str)}
 
 
 @pytest.mark.parametrize("strategy,devices,workload", CASES)
-def test_every_registered_strategy_keeps_the_math(registry_results, strategy, devices, workload):
-    res = registry_results[(strategy, devices, workload)]
-    if isinstance(res, str):
-        pytest.skip(res)
+def test_every_registered_strategy_keeps_the_math(verified, strategy, devices, workload):
+    case = (strategy, devices, workload)
+    if isinstance(_CONFIGS[case], str):
+        pytest.skip(_CONFIGS[case])
+    res = verified(__name__, case)
     assert res.ok, res.detail
     assert res.paths_equal
