@@ -153,9 +153,9 @@ _PROBE_RESOLUTIONS = tuple(2**k for k in range(3, 11))  # 8 … 1024 pixels
 def _probe_error(cfg: RunConfig, resolution: int | None) -> str | None:
     """Push a batch through every block of the workload on the meta device (shapes only, no
     memory, no compute); the probe's message when the shapes do not chain, else ``None``."""
-    key = (cfg.workload, resolution, cfg.width_mult, cfg.num_classes, cfg.student_bn)
+    opts = workload_options(cfg.replace(resolution=resolution, teacher_weights=None))
+    key = (cfg.workload, opts.sizes())  # every option that changes a shape (decoder options included)
     if key not in _SHAPE_ERRORS:
-        opts = workload_options(cfg.replace(resolution=resolution, teacher_weights=None))
         with torch.device("meta"):
             wl = build_workload(cfg.workload, opts, probe=False)  # a bad option raises here, not a shape
             try:
