@@ -21,7 +21,7 @@ from .config import RunConfig
 from .data import validate_data_config
 from .errors import ConfigError, DataError, WorkloadError
 from .faults import parse_fault
-from .options import data_config, workload_num_blocks, workload_options
+from .options import data_config, workload_num_blocks, workload_options, workload_sizes
 from .strategies import get_strategy, import_plugins
 from .zoo import build_workload, canonical_name, registry
 
@@ -146,24 +146,18 @@ def _check_writable(out: str, flag: str = "--out", what: str = "output directory
                           f"pass {flag} with a path under a writable directory")
 
 
-_SHAPE_ERRORS: dict[tuple, str | None] = {}
 _PROBE_RESOLUTIONS = tuple(2**k for k in range(3, 11))  # 8 … 1024 pixels
 
 
 def _probe_error(cfg: RunConfig, resolution: int | None) -> str | None:
     """Push a batch through every block of the workload on the meta device (shapes only, no
-    memory, no compute); the probe's message when the shapes do not chain, else ``None``."""
-    opts = workload_options(cfg.replace(resolution=resolution, teacher_weights=None))
-    key = (cfg.workload, opts.sizes())  # every option that changes a shape (decoder options included)
-    if key not in _SHAPE_ERRORS:
-        with torch.device("meta"):
-            wl = build_workload(cfg.workload, opts, probe=False)  # a bad option raises here, not a shape
-            try:
-                registry.probe_shapes(wl)  # looked up here, so a test can replace it
-                _SHAPE_ERRORS[key] = None
-            except WorkloadError as e:
-                _SHAPE_ERRORS[key] = str(e)
-    return _SHAPE_ERRORS[key]
+    memory, no compute; :func:`pipebd.zoo.registry.meta_shapes`, cached); the probe's message
+    when the shapes do not chain, else ``None``. A bad option raises, it is not a shape."""
+    try:
+        registry.meta_shapes(cfg.workload, workload_sizes(cfg.replace(resolution=resolution)))
+        return None
+    except registry.ShapeError as e:
+        return str(e)
 
 
 def _check_shapes(cfg: RunConfig) -> None:

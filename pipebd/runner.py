@@ -74,7 +74,7 @@ def launch(cfg: RunConfig, *, run_id: str | None = None) -> RunOutcome:
 
     ``run_id`` names the run in every CSV (default: a new timestamped id; under torchrun only
     rank 0's is recorded)."""
-    cfg = cfg.replace(workload=canonical_name(cfg.workload)) if _known(cfg.workload) else cfg
+    cfg = _canonical(cfg)
     validate(cfg)
     run_id = run_id or new_run_id()
     if under_torchrun():
@@ -97,7 +97,7 @@ def launch_series(cfgs: Sequence[RunConfig]) -> list[RunOutcome]:
 
     Every configuration is validated before anything is spawned. If a rank fails, the series ends
     (:class:`RunFailed` names the rank and the run) and every run without a row is recorded failed."""
-    cfgs = [c.replace(workload=canonical_name(c.workload)) if _known(c.workload) else c for c in cfgs]
+    cfgs = [_canonical(c) for c in cfgs]
     if not cfgs:
         return []
     if len({c.devices for c in cfgs}) != 1:
@@ -128,12 +128,12 @@ def _series_entry(local_rank: int, store: dist.Store, heartbeat: Heartbeat, cfgs
                                f"run id {run_id}): {format_exception_short(e)}") from e
 
 
-def _known(name: str) -> bool:
+def _canonical(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with its workload's canonical name (an unknown one is left for :func:`validate` to refuse)."""
     try:
-        canonical_name(name)
-        return True
+        return cfg.replace(workload=canonical_name(cfg.workload))
     except ValueError:
-        return False
+        return cfg
 
 
 def _spawn(cfg: RunConfig, run_id: str) -> RunOutcome:
@@ -164,9 +164,9 @@ def rank_main(rank: int, cfg: RunConfig, run_id: str, *, store: dist.Store | Non
             print(f"[pipebd] {cfg.workload}: no --teacher-weights given; the teacher is randomly initialised",
                   file=sys.stderr)
         # the schedule first: a rank builds only the teacher and student blocks its actions use
-        strategy_cls = get_strategy(cfg.strategy)
-        schedule = strategy_cls.schedule_for(cfg, workload_num_blocks(cfg)) if uses_schedule(strategy_cls) else None
-        owned = strategy_cls.ownership(cfg, workload_num_blocks(cfg), rank, schedule)
+        strategy_cls, num_blocks = get_strategy(cfg.strategy), workload_num_blocks(cfg)
+        schedule = strategy_cls.schedule_for(cfg, num_blocks) if uses_schedule(strategy_cls) else None
+        owned = strategy_cls.ownership(cfg, num_blocks, rank, schedule)
         workload = build_workload(cfg.workload, workload_options(cfg), owned=owned)
         beat()
         data = DataSource(data_config(cfg, workload), cfg.batch_size)

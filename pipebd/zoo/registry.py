@@ -30,6 +30,8 @@ __all__ = [
     "load_teacher_weights",
     "BlockOwnership",
     "NotOwned",
+    "ShapeError",
+    "meta_shapes",
 ]
 
 log = logging.getLogger("pipebd.zoo")
@@ -195,17 +197,29 @@ def build_workload(name: str, options: WorkloadOptions | None = None, *, probe: 
     return wl
 
 
-_META_SHAPES: dict[tuple, tuple] = {}
+class ShapeError(WorkloadError):
+    """The blocks' shapes do not chain (:func:`probe_shapes`); a bad option is a plain :class:`WorkloadError`."""
+
+
+_META_SHAPES: dict[tuple, tuple | ShapeError] = {}
 
 
 def meta_shapes(name: str, sizes: WorkloadOptions) -> tuple[tuple[int, ...], ...]:
-    """The boundary shapes of workload ``name`` (options without weights or seed), probed on the
-    meta device: no memory, no compute (cached)."""
+    """The boundary shapes of workload ``name`` (options without weights or seed: :meth:`WorkloadOptions.sizes`),
+    probed on the meta device: no memory, no compute. Cached, the :class:`ShapeError` of shapes
+    that do not chain included; a bad option raises its :class:`WorkloadError` from the build."""
     key = (canonical_name(name), sizes)
     if key not in _META_SHAPES:
         with torch.device("meta"):
-            _META_SHAPES[key] = tuple(build_workload(name, sizes, probe=True).boundary_shapes)
-    return _META_SHAPES[key]
+            wl = build_workload(name, sizes, probe=False)
+            try:
+                _META_SHAPES[key] = tuple(probe_shapes(wl))
+            except ShapeError as e:
+                _META_SHAPES[key] = e
+    found = _META_SHAPES[key]
+    if isinstance(found, ShapeError):
+        raise found
+    return found
 
 
 def probe_shapes(wl: Workload) -> list[tuple[int, ...]]:
@@ -222,7 +236,7 @@ def probe_shapes(wl: Workload) -> list[tuple[int, ...]]:
             try:
                 y = t(x)
             except RuntimeError as e:
-                raise WorkloadError(
+                raise ShapeError(
                     f"{wl.name}: teacher block {i} cannot take the output of block {i - 1} "
                     f"(shape {tuple(x.shape[1:])}): {e}"
                 ) from e
@@ -232,13 +246,13 @@ def probe_shapes(wl: Workload) -> list[tuple[int, ...]]:
                 try:
                     z = s(x)
                 except RuntimeError as e:
-                    raise WorkloadError(
+                    raise ShapeError(
                         f"{wl.name}: student block {i} cannot take input of shape {tuple(x.shape[1:])}: {e}"
                     ) from e
                 if getattr(s, "candidate_outputs", False):  # a library: one output per candidate
                     z = z[0]
                 if z.shape != y.shape:
-                    raise WorkloadError(
+                    raise ShapeError(
                         f"{wl.name}: student block {i} outputs {tuple(z.shape[1:])} but teacher block {i} "
                         f"outputs {tuple(y.shape[1:])}; they must match"
                     )

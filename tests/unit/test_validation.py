@@ -288,7 +288,7 @@ def test_resolution_probe_runs_on_the_meta_device(tmp_path, monkeypatch):
         return real(wl)
 
     monkeypatch.setattr(registry, "probe_shapes", spy)
-    monkeypatch.setattr(preflight, "_SHAPE_ERRORS", {})
+    monkeypatch.setattr(registry, "_META_SHAPES", {})
     validate(RunConfig(workload="tiny", resolution=24, out=str(tmp_path)))
     assert devices == ["meta"]  # shapes only: no memory, no compute before spawn
 
