@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from ..comm import backend_for, init_process_group, set_host_staging, threads_per_rank
 from ..config import ConfigError, RunConfig
+from .host_alloc import keep_host_memory
 
 __all__ = ["under_torchrun", "torchrun_rank", "init_rank"]
 
@@ -33,9 +34,11 @@ def torchrun_rank(devices: int) -> int:
 
 
 def init_rank(cfg: RunConfig, rank: int, *, store: dist.Store | None, local_world_size: int | None = None) -> torch.device:
-    """Join the process group as ``rank``: threads (cores ÷ local ranks), device, backend, timeout."""
+    """Join the process group as ``rank``: host allocator (:mod:`.host_alloc`), threads (cores ÷ local
+    ranks), device, backend, timeout."""
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     local_world = local_world_size or int(os.environ.get("LOCAL_WORLD_SIZE", cfg.devices))
+    keep_host_memory()  # freed host tensors stay in the heap, not page-faulted back every step
     torch.set_num_threads(threads_per_rank(local_world, cfg.threads))
     if cfg.device_type == "cuda":
         # --share-gpus: more ranks than GPUs; ranks take GPUs round-robin and talk over gloo
