@@ -127,7 +127,7 @@ def predictions(costs, cfg: RunConfig, strategies, epoch_samples: int,
             priced = costs if costs.modes else costs.priced(modes_for(run_cfg, costs))  # the modes that ran
             layout = get_strategy(run_cfg.strategy).layout(run_cfg, workload_num_blocks(run_cfg))  # the layout that ran
             p = predict(run_cfg.strategy, priced, cfg.devices, cfg.batch_size, steps, inflight=cfg.inflight,
-                        layout=layout)
+                        layout=layout, epochs=cfg.epochs)
             out[s] = p.epoch_s
         except Exception as e:  # noqa: BLE001 — reported beside the table, never silently dropped
             why[s] = " ".join(f"{type(e).__name__}: {e}".split())

@@ -58,6 +58,12 @@ class RunConfig:
     ls_map: str | None = None  # ls: "0:1:2,3:4,5"
     plan: str | None = None  # ahd
     inflight: int = 2  # tr-dpu / ahd: batches in flight per link
+    epochs: int = 1  # epochs the figures are for: what is paid once (the cache teacher pass) is amortised over them
+    # cache: the teacher-activation store (pipebd.strategies.cache)
+    cache_dir: str | None = None  # a directory for an on-disk store (None: host memory only)
+    cache_memory: float | None = None  # bytes the store may take in host memory (None: half the free shared memory)
+    cache_dtype: str = "auto"  # auto (each activation's own dtype: exact) | fp32 | bf16 | fp16 (lossy)
+    cache_refresh: str = "auto"  # auto | epoch (rebuild every epoch) | never (reuse; refused with --augment)
     profile: str | None = None  # a profile CSV reused by planners
     # compute modes (pipebd.modes): pins, or auto (chosen per block from the profile's candidates)
     teacher_precision: str = "auto"  # fp32 | bf16 | auto

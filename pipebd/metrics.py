@@ -58,7 +58,7 @@ RUN_COLUMNS = [
     "epoch_time_s", "ideal_epoch_time_s", "efficiency", "mean_utilisation", "max_peak_memory_mb", "plan",
     "resolution", "width_mult", "data", "seed", "threads_per_rank", "git_commit", "torch_version", "hostname",
     "mean_nvml_utilisation", "steady_period_s", "fill_drain_s", "load_avg_start", "load_avg_end", "modes", "cpu",
-    "seq_len", "throughput_tps", "model_tflops", "mfu",
+    "seq_len", "throughput_tps", "model_tflops", "mfu", "epochs",
 ]
 RANK_COLUMNS = ["run_id", "workload", "strategy", "devices", "rank", "phase", "seconds", "fraction", "wall_s",
                 "utilisation", "peak_memory_mb", "nvml_utilisation"]
@@ -144,14 +144,15 @@ def event_rows(run_id: str, reports: list[RankReport]) -> list[dict]:
             for r in reports for (p, b, s, st, en) in r.events]
 
 
-def _windows(report: RankReport) -> list[tuple[float, float, bool, list[tuple]]]:
-    """``(start, end, pipelined, events)`` of each measurement window of ``report``."""
+def _windows(report: RankReport) -> list[tuple[float, float, bool, list[tuple], float]]:
+    """``(start, end, pipelined, events, scale)`` of each measurement window of ``report``."""
     wins = report.extra.get("windows") or [(0.0, report.wall_s)]
     piped = list(report.extra.get("pipelined") or []) + [False] * len(wins)
+    scales = list(report.extra.get("scales") or []) + [1.0] * len(wins)
     out = []
     for k, (s, e) in enumerate(wins):
         evs = [ev for ev in report.events if s <= ev[3] <= e]
-        out.append((s, e, bool(piped[k]), evs))
+        out.append((s, e, bool(piped[k]), evs, float(scales[k])))
     return out
 
 
@@ -177,11 +178,13 @@ def window_period(events: list[tuple], start: float, end: float, *, pipelined: b
     return (finish[ks[-1]] - finish[ks[0]]) / (ks[-1] - ks[0]), steps
 
 
-def epoch_time(windows: list[tuple[float, float, int]], epoch_steps: int) -> tuple[float, float, float]:
+def epoch_time(windows: list[tuple], epoch_steps: int) -> tuple[float, float, float]:
     """``(epoch seconds, steady period, fill and drain)`` from ``(window seconds T, period p,
-    steps S)`` per window: each window's fill and drain ``T - S·p`` once, plus ``E·p``."""
-    period = sum(p for _t, p, _s in windows)
-    fill = sum(t - s * p for t, p, s in windows)
+    steps S[, scale F])`` per window: each window's fill and drain ``T - S·p`` once, plus ``E·p``,
+    times ``F`` (1 unless the window is paid once over several epochs)."""
+    scaled = [(w[0], w[1], w[2], w[3] if len(w) > 3 else 1.0) for w in windows]
+    period = sum(f * p for _t, p, _s, f in scaled)
+    fill = sum(f * (t - s * p) for t, p, s, f in scaled)
     return fill + epoch_steps * period, period, fill
 
 
@@ -195,17 +198,24 @@ def summarise(reports: list[RankReport], *, batch_size: int, steps: int, epoch_s
     if len(counts) != 1:  # ranks disagree on their windows: fall back to each rank's total
         log.warning("ranks recorded different numbers of measurement windows (%s); epoch time from each rank's "
                     "total measured time", sorted(counts))
-        per_rank = [[(0.0, r.wall_s, False, r.events)] for r in reports]
+        per_rank = [[(0.0, r.wall_s, False, r.events, 1.0)] for r in reports]
     windows = []
     for k in range(len(per_rank[0])):
         t = max(w[k][1] - w[k][0] for w in per_rank)
+        scale = max(w[k][4] for w in per_rank)
+        if not any(w[k][2] for w in per_rank):
+            # not pipelined: the window's steps over all ranks (the cache teacher pass splits its
+            # batches over the ranks; every other strategy's ranks run the same steps)
+            s = len({ev[2] for w in per_rank for ev in w[k][3] if ev[2] >= 0}) or steps
+            windows.append((t, t / s, s, scale))
+            continue
         periods = [window_period(w[k][3], w[k][0], w[k][1], pipelined=w[k][2]) for w in per_rank]
         s = max(n for _p, n in periods) or steps
         p = max(p for p, n in periods if n) if any(n for _p, n in periods) else t / s
         # a fill cannot be negative: when step costs vary (NAS paths) and the first step happens
         # to be cheap, the period over the later steps exceeds T/S; then there is no fill to see
-        windows.append((t, min(p, t / s), s))
-    measured = sum(t for t, _p, _s in windows)
+        windows.append((t, min(p, t / s), s, scale))
+    measured = sum(w[0] for w in windows)
     epoch, period, fill = epoch_time(windows, epoch_samples // batch_size)
     utils = [_utilisation(phase_seconds(rep), rep.wall_s) for rep in reports]
     nvml = [r.nvml_utilisation for r in reports if r.nvml_utilisation is not None]

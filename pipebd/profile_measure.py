@@ -33,7 +33,9 @@ and starts each configuration at the same barrier:
   only: a lean, out-of-memory profile times fp32 alone; :mod:`pipebd.profile_modes`);
 - relay, all-reduce and barrier: :mod:`pipebd.profile_comm` (relays also in bf16 when a bf16
   teacher is a candidate: a bf16 activation is half the bytes);
-- data loading at each candidate batch (each rank loads its own shards) and a barrier.
+- data loading at each candidate batch (each rank loads its own shards) and a barrier;
+- the ``cache`` strategy's activation store: gathered writes and reads of memory-mapped rows in
+  host memory and on disk (:mod:`pipebd.profile_store`).
 
 """
 
@@ -57,6 +59,7 @@ from .options import data_config, workload_is_conv, workload_options
 from .profile_comm import CommMeasurements
 from .profile_lean import LeanMeasurements, is_oom
 from .profile_modes import ModeMeasurements
+from .profile_store import StoreMeasurements
 from .profile_options import ProfileOptions
 from .zoo import build_workload
 
@@ -66,7 +69,7 @@ def _nbytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
 
 
-class RankProfiler(CommMeasurements, LeanMeasurements, ModeMeasurements):
+class RankProfiler(CommMeasurements, LeanMeasurements, ModeMeasurements, StoreMeasurements):
     """What one rank measures; every rank calls the same collectives in the same order.
 
     ``heartbeat`` (a :class:`~pipebd.faults.Heartbeat`, when spawned by :mod:`pipebd.launch`)
@@ -171,6 +174,7 @@ class RankProfiler(CommMeasurements, LeanMeasurements, ModeMeasurements):
         self._relay()
         self._allreduce(groups)
         self._barrier()
+        self._store()
         return self.rows
 
     # ---- measurements -------------------------------------------------------------------

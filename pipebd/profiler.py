@@ -143,7 +143,7 @@ def _write(cfg: RunConfig, opts: ProfileOptions, rows: list[dict]) -> None:
             "batch_size": cfg.batch_size, "source": "profile"}
     out = []
     order = {k: i for i, k in enumerate(("teacher", "student", "memory", "static_memory", "activation", "relay",
-                                         "allreduce", "data", "barrier", "capacity"))}
+                                         "allreduce", "data", "barrier", "capacity", "store"))}
     for (kind, block, batch, group, mode), rs in sorted(
             groups.items(), key=lambda kv: (kv[0][4], order[kv[0][0]], *(-1 if v is None else v for v in kv[0][1:4]))):
         feasible = min(int(r.get("feasible", 1)) for r in rs)

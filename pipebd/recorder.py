@@ -233,6 +233,7 @@ class Recorder:
         self.events: list[tuple[str, int, int, float, float]] = []
         self.windows: list[tuple[float, float]] = []
         self.pipelined: list[bool] = []  # per window: do its steps overlap across ranks?
+        self.scales: list[float] = []  # per window: the fraction of its epoch time an epoch pays
         self.plan = ""
         self.modes = ""  # the schedule's compute modes (pipebd.modes text; "": fp32 contiguous)
         self._clock = clock if clock is not None else make_clock(device)
@@ -251,17 +252,19 @@ class Recorder:
     def span(self, phase: str, block: int = -1, step: int = -1) -> _Span:
         return _Span(self, phase, block, step)
 
-    def start_window(self, *, pipelined: bool = False) -> None:
+    def start_window(self, *, pipelined: bool = False, scale: float = 1.0) -> None:
         """Open a timed window; a run's measured wall time is the sum of its windows.
 
         ``pipelined``: the window's steps overlap across ranks, so its first steps include a
-        pipeline fill that an epoch pays once (not once per measured step)."""
+        pipeline fill that an epoch pays once (not once per measured step). ``scale``: the
+        fraction of the window's epoch time an epoch pays (the ``cache`` teacher pass: ``1/E``)."""
         if self._measuring:
             raise RuntimeError("a measurement window is already open")
         self._anchor_host = self._clock.host_now()
         self._anchor = self._clock.open()
         self._open = []
         self.pipelined.append(pipelined)
+        self.scales.append(float(scale))
         if self._sampler is not None:
             self._sampler.window_opened()
             self._sampler.start()
@@ -300,7 +303,7 @@ class Recorder:
                           peak_memory_mb=peak_memory_mb(self.device),
                           nvml_utilisation=self._sampler.mean() if self._sampler is not None else None,
                           plan=self.plan, extra={"windows": list(self.windows), "pipelined": list(self.pipelined),
-                                                     "modes": self.modes},
+                                                     "scales": list(self.scales), "modes": self.modes},
                           t0_unix=self._t0_unix)
 
 

@@ -36,11 +36,13 @@ def add_run_options(p: argparse.ArgumentParser, *, strategy: bool = True) -> Non
                         "(ffn0.5,kv1,linattn,noattn,noffn) or ranges of blocks (0-3=ffn1,ffn0.5;4-9=ffn0.5)")
     g.add_argument("--logits-kd", action="store_true", help="the last block's output is the logits, distilled with KL")
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=d.data, help="synthetic (default), cifar10, imagenet, or text (llm-*)")
+    g.add_argument("--data", default=d.data, help="synthetic (default), cifar10, imagenet, mnist5k (5,000 real "
+                   "digits, offline: compress-mnist / nas-mnist), or text (llm-*)")
     g.add_argument("--data-root", default=None,
                    help="dataset directory for cifar10 / imagenet; for text a folder of .txt/.py files, or stdlib "
                         "(the Python standard library's sources)")
-    g.add_argument("--data-size", type=int, default=None, help="synthetic samples per epoch")
+    g.add_argument("--data-size", type=int, default=None, help="samples per epoch: synthetic's size, or the first N "
+                   "of mnist5k's training split / of the text corpus")
     g.add_argument("--augment", action="store_true", help="seeded random crop + flip")
     g = p.add_argument_group("training")
     if strategy:
@@ -62,6 +64,19 @@ def add_run_options(p: argparse.ArgumentParser, *, strategy: bool = True) -> Non
     g.add_argument("--plan", default=None, help="ahd: a plan string as printed by `python -m pipebd plan`")
     g.add_argument("--inflight", type=int, default=d.inflight, help="tr-dpu/ahd: batches in flight per link")
     g.add_argument("--profile", default=None, metavar="CSV", help="reuse a profile written by `python -m pipebd profile`")
+    g.add_argument("--epochs", type=int, default=d.epochs, metavar="E",
+                   help="epochs the epoch figures are averaged over: cache pays its teacher pass once in E (default 1)")
+    g.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="cache: keep the teacher-activation store in files under DIR when it does not fit in "
+                        "--cache-memory (a complete store there is reused by later runs)")
+    g.add_argument("--cache-memory", type=parse_bytes, default=None, metavar="BYTES",
+                   help="cache: host memory the store may take, e.g. 4GiB (default: half the free shared memory)")
+    g.add_argument("--cache-dtype", default=d.cache_dtype, choices=("auto", "fp32", "bf16", "fp16"),
+                   help="cache: stored activation dtype; auto keeps each one's own (exact), bf16/fp16 halve an fp32 "
+                        "store and are lossy")
+    g.add_argument("--cache-refresh", default=d.cache_refresh, choices=("auto", "epoch", "never"),
+                   help="cache: rebuild the store every epoch (epoch), reuse it (never: refused with --augment), or "
+                        "auto: rebuild only when --augment makes it stale")
     g.add_argument("--memory-limit", type=parse_bytes, default=None, metavar="BYTES",
                    help="memory per device the planner may use, e.g. 70GiB or 8e9 (cuda default: the device's "
                         "total minus a margin; cpu: unlimited)")

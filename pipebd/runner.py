@@ -129,11 +129,15 @@ def _series_entry(local_rank: int, store: dist.Store, heartbeat: Heartbeat, cfgs
 
 
 def _canonical(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with its workload's canonical name (an unknown one is left for :func:`validate` to refuse)."""
+    """``cfg`` with its workload's canonical name (an unknown one is left for :func:`validate` to refuse)
+    and ``--strategy auto`` resolved to the strategy it picks (:mod:`pipebd.strategies.auto`)."""
     try:
-        return cfg.replace(workload=canonical_name(cfg.workload))
+        cfg = cfg.replace(workload=canonical_name(cfg.workload))
     except ValueError:
         return cfg
+    from .strategies.auto import resolve_auto
+
+    return resolve_auto(cfg)
 
 
 def _spawn(cfg: RunConfig, run_id: str) -> RunOutcome:
@@ -283,7 +287,7 @@ def _write_results(cfg: RunConfig, run_id: str, workload, data: DataSource, gath
         "data": cfg.data, "seed": cfg.seed, "threads_per_rank": torch.get_num_threads(),
         "git_commit": git_commit(), "torch_version": torch.__version__, "hostname": socket.gethostname(),
         "load_avg_start": load_start, "load_avg_end": _load_average(),
-        "modes": reports[0].extra.get("modes") or "", "cpu": cpu_description(),
+        "modes": reports[0].extra.get("modes") or "", "cpu": cpu_description(), "epochs": cfg.epochs,
         **token_throughput(cfg, workload.tokens_per_sample, summary["throughput_sps"]),
     }
     if cfg.ideal_seconds_per_sample is not None:

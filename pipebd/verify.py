@@ -55,7 +55,7 @@ class VerifyResult:
     max_rel_error: float
     paths_equal: bool
     detail: str
-    status: str = ""  # PASS, FAIL, or INVALID (refused before anything ran; ``detail`` says why)
+    status: str = ""  # PASS, FAIL, LOSSY (a lossy option: the error is reported, not judged) or INVALID
     modes: str = ""  # the compute modes run and reference shared (pipebd.modes text)
     lossy: bool = False  # some part computed in bf16: compared with a bf16 reference
 
@@ -185,6 +185,10 @@ def _compare(prep: _Prepared, ref: dict, rtol: float) -> VerifyResult:
     paths_equal = isinstance(got, dict) and isinstance(ref, dict) and got.get("paths") == ref.get("paths")
     if not paths_equal:
         bad.append("NAS paths differ from the reference")
+    why = get_strategy(run_cfg.strategy).lossy_reason(run_cfg)
+    if why:  # a lossy option the user chose: report the error it makes, do not judge it
+        return VerifyResult(run_cfg.strategy, run_cfg.devices, True, worst, paths_equal, f"not exact: {why}",
+                            status="LOSSY", modes=modes.to_text(), lossy=True)
     return VerifyResult(run_cfg.strategy, run_cfg.devices, not bad, worst, paths_equal, "; ".join(bad[:3]),
                         modes=modes.to_text(), lossy=modes.lossy)
 
@@ -228,12 +232,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             print(f"  {name:<14}{res.status}  max rel. error {res.max_rel_error:.1e}"
                   f"  paths {'same' if res.paths_equal else 'DIFFER'}  {res.detail}"
                   + (f"  [bf16 {res.modes}: against a reference in the same modes, tolerance "
-                     f"{BF16_RTOL if args.rtol == DEFAULT_RTOL else args.rtol:g}]" if res.lossy else ""), flush=True)
+                     f"{BF16_RTOL if args.rtol == DEFAULT_RTOL else args.rtol:g}]" if res.lossy and res.status != "LOSSY"
+                     else ""), flush=True)
         results.append(res)
     failed = [r.strategy for r in results if r.status == "FAIL"]
     invalid = [r.strategy for r in results if r.status == "INVALID"]
+    lossy = [r.strategy for r in results if r.status == "LOSSY"]
     if not failed and not invalid:
-        print("all strategies keep the math")
+        print("all strategies keep the math" if not lossy else
+              f"every exact strategy keeps the math; lossy by request (error reported above): {', '.join(lossy)}")
     else:
         print("; ".join(part for part in (f"FAILED: {', '.join(failed)}" if failed else "",
                                           f"INVALID (not run): {', '.join(invalid)}" if invalid else "") if part))

@@ -41,7 +41,8 @@ def predicted_reports(schedule, timeline) -> list[RankReport]:
                for a, (s, e) in zip(acts, timeline.spans[r]) if a.kind in SPAN_PHASE and e > s]
         out.append(RankReport(rank=r, wall_s=timeline.makespan, events=evs, peak_memory_mb=0.0, plan=schedule.layout,
                               extra={"windows": [(w[0], w[1]) for w in timeline.windows[r]],
-                                     "pipelined": [w[2] for w in timeline.windows[r]]}))
+                                     "pipelined": [w[2] for w in timeline.windows[r]],
+                                     "scales": [w[3] for w in timeline.windows[r]]}))
     return out
 
 

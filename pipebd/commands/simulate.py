@@ -51,7 +51,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         preds, skipped = [], []
         for s in strategies:
             try:
-                preds.append(predict(s, costs, n, batch, steps, inflight=args.inflight, memory_limit_bytes=limit))
+                preds.append(predict(s, costs, n, batch, steps, inflight=args.inflight, memory_limit_bytes=limit,
+                                     epochs=args.epochs))
             except ConfigError as e:  # a shape this strategy refuses (e.g. ls with N > blocks)
                 table[s][n] = f"{'n/a':>10}"
                 skipped.append(f"  N={n}: {s}: {' '.join(str(e).split())[:160]}")
@@ -95,6 +96,8 @@ def add_cli(sub) -> None:
     p.add_argument("--steps-per-epoch", type=int, default=None,
                    help="steps of one epoch (default: the dataset the workload stands in for ÷ batch)")
     p.add_argument("--inflight", type=int, default=2, help="tr-dpu/ahd: batches in flight per link")
+    p.add_argument("--epochs", type=int, default=1, metavar="E",
+                   help="epochs the predicted epoch is averaged over (cache pays its teacher pass once in E)")
     p.add_argument("--memory-limit", type=float, default=None, metavar="GB", help="ahd: per-device memory limit")
     p.add_argument("--strategies", default=None, help="comma-separated strategies (default: every registered one, and ideal)")
     p.add_argument("--out", default=None, metavar="CSV", help="write the predictions as a CSV")

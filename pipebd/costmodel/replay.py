@@ -12,6 +12,7 @@ STUDENT    ``student_time(b, rows)`` (forward + backward + optimizer)
 RECV       ``relay_time(boundary, rows)`` (the receiver pays the transfer)
 ALLREDUCE  ``Σ allreduce_time(b, |group|)``
 BARRIER    ``barrier_time(|group|)``
+PUT / GET  ``store_time(write / read, medium, activation bytes × rows)`` (the ``cache`` store)
 other      0 (SEND is non-blocking; UPDATE is inside the student's time)
 =========  =============================================================
 
@@ -28,7 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..schedule import (ALLREDUCE, BARRIER, LOAD, RECV, STUDENT, TEACHER, Action, Schedule, Timeline, execute)
+from ..schedule import (ALLREDUCE, BARRIER, GET, LOAD, PUT, RECV, STUDENT, TEACHER, Action, Schedule, Timeline,
+                        execute)
 from .table import CostTable
 
 __all__ = ["Prediction", "action_seconds", "replay", "replay_epoch", "predict_ideal", "horizon"]
@@ -65,6 +67,10 @@ def action_seconds(costs: CostTable, a: Action) -> float:
         return sum(costs.allreduce_time(b, len(a.group)) for b in a.blocks)
     if k == BARRIER:
         return costs.barrier_time(len(a.group))
+    if k in (PUT, GET):
+        medium = "disk" if "disk" in a.note.split() else "memory"
+        nbytes = costs.activation_bytes[a.boundary] * rows * (0.5 if "half" in a.note.split() else 1.0)
+        return costs.store_time("write" if k == PUT else "read", medium, nbytes)
     return 0.0
 
 

@@ -15,8 +15,9 @@ plus ``relay[k][b]`` (seconds to receive ``b`` rows of the activation entering b
 ``k = 1..n-1``; point-to-point, paid by the receiver), ``data_per_sample`` (seconds to load one
 sample; ``data[b]`` seconds for ``b`` rows where profiled at several sizes), ``capacity`` (bytes
 one profiled device could use), ``activation_bytes[k]`` (bytes per sample of the activation
-entering block ``k``; ``k = n`` is the logits) and ``barrier[g]`` (seconds of a barrier over ``g``
-ranks).
+entering block ``k``; ``k = n`` is the logits), ``barrier[g]`` (seconds of a barrier over ``g``
+ranks) and ``store["write:memory"]`` etc. (seconds per byte written to / read from the ``cache``
+strategy's activation store in host memory or on disk; :data:`STORE_DEFAULTS` where not profiled).
 
 **Compute modes** (:mod:`pipebd.modes`). ``teacher``, ``student`` and ``relay`` hold the times of
 the modes the table is priced for (``modes``; empty: fp32, contiguous everywhere). The profiler
@@ -49,7 +50,11 @@ from ..costfit import measured_range as _range
 from .csvio import write_csv
 from .tablerows import CSV_COLUMNS, read_csv, rows_of, table_from_rows, variant_key
 
-__all__ = ["CostTable", "CSV_COLUMNS", "candidate_batches", "write_csv"]
+__all__ = ["CostTable", "CSV_COLUMNS", "candidate_batches", "write_csv", "STORE_DEFAULTS"]
+
+#: seconds per byte of the activation store where a profile did not measure it (an older profile,
+#: a FLOP estimate): 2 GB/s to and from host memory (a gathered copy), 0.5 / 1 GB/s to / from disk
+STORE_DEFAULTS = {"write:memory": 1 / 2e9, "read:memory": 1 / 2e9, "write:disk": 1 / 0.5e9, "read:disk": 1 / 1e9}
 
 
 def candidate_batches(batch_size: int, devices: int) -> list[int]:
@@ -97,6 +102,7 @@ class CostTable:
     modelled: tuple[str, ...] = ()  # kinds whose values a model gave (one-rank profile), not a measurement
     variants: dict[str, dict[int, float]] = field(default_factory=dict)  # "kind:block:mode" -> {rows: s}
     modes: str = ""  # the BlockModes text teacher/student/relay are priced for ("": fp32 contiguous)
+    store: dict[str, float] = field(default_factory=dict)  # "write:memory" etc. -> seconds per byte
 
     def __post_init__(self) -> None:
         n = self.num_blocks
@@ -112,6 +118,7 @@ class CostTable:
         self.data = _intkeys(self.data)
         self.modelled = tuple(self.modelled)
         self.variants = {str(k): _intkeys(v) for k, v in self.variants.items()}
+        self.store = {str(k): float(v) for k, v in self.store.items()}
         self.validate()
 
     # ---- checks -------------------------------------------------------------------------
@@ -204,6 +211,12 @@ class CostTable:
             return _interp(pts, group)
         ref = gs[-1] if group > gs[-1] else gs[0]
         return pts[ref] * _ring(group) / _ring(ref) if ref > 1 else pts[ref]
+
+    def store_time(self, op: str, medium: str, nbytes: float) -> float:
+        """Seconds to ``op`` (``write`` / ``read``) ``nbytes`` to / from the activation store on
+        ``medium`` (``memory`` / ``disk``): the profiled bandwidth, else :data:`STORE_DEFAULTS`."""
+        key = f"{op}:{medium}"
+        return nbytes * self.store.get(key, STORE_DEFAULTS[key])
 
     def barrier_time(self, group: int) -> float:
         if group <= 1 or not self.barrier:

@@ -28,7 +28,7 @@ CSV_COLUMNS = ["kind", "block", "batch", "group", "seconds", "bytes", "feasible"
 MODED_KINDS = ("teacher", "student", "relay")
 
 KINDS = ("teacher", "student", "relay", "allreduce", "memory", "static_memory", "activation", "data", "barrier",
-         "capacity")
+         "capacity", "store")
 _KINDS = KINDS
 
 _CSV_CACHE: dict[tuple, object] = {}
@@ -75,6 +75,8 @@ def rows_of(table) -> list[dict]:
         add("barrier", group=g, seconds=t)
     if table.capacity:
         add("capacity", nbytes=table.capacity)
+    for key, per_byte in sorted(table.store.items()):  # the mode column names the operation and medium
+        add("store", seconds=per_byte * (1 << 30), nbytes=1 << 30, mode=key)
     for key, pts in sorted(table.variants.items()):
         kind, block, mode = variant_key(key)
         for b, t in sorted(pts.items()):
@@ -91,12 +93,18 @@ def table_from_rows(cls, rows: Iterable[Mapping]):
     variants: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     meta: dict[str, object] = {}
     modelled: set[str] = set()
+    store: dict[str, list[float]] = defaultdict(list)
     blocks = -1
     for r in rows:
         kind = str(r.get("kind", "")).strip()
         if kind not in _KINDS:
             raise ConfigError(f"unknown row kind {kind!r} in cost table; expected one of {', '.join(_KINDS)}")
         block, batch, group = (_opt_int(r.get(c)) for c in ("block", "batch", "group"))
+        if kind == "store":  # seconds for `bytes` bytes of the operation:medium in the mode column
+            secs, nb = _opt_float(r.get("seconds")), _opt_float(r.get("bytes"))
+            if secs is not None and nb:
+                store[str(r.get("mode") or "").strip()].append(secs / nb)
+            continue
         feasible = _opt_int(r.get("feasible"))
         if kind in ("teacher", "student", "relay", "allreduce", "memory", "static_memory") and block is None:
             raise ConfigError(f"cost table row of kind {kind!r} has no block: {dict(r)}")
@@ -170,7 +178,8 @@ def table_from_rows(cls, rows: Iterable[Mapping]):
                source=str(meta.get("source", "")), data=data if len(data) > 1 else {}, capacity=capacity,
                modelled=tuple(k for k in _KINDS if k in modelled),
                variants={k: {b: _median(v) for b, v in pts.items()} for k, pts in variants.items()
-                         if variant_key(k)[1] < n})
+                         if variant_key(k)[1] < n},
+               store={k: _median(v) for k, v in store.items() if k})
 
 
 def read_csv(cls, path: str):

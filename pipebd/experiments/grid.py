@@ -24,10 +24,12 @@ class Unit:
     repeat: int
     steps: int
     warmup: int
+    epochs: int = 1
 
     @property
     def key(self) -> str:
-        return f"{self.workload.key}|b{self.batch_size}|n{self.devices}|r{self.repeat}|{self.strategy}"
+        epochs = f"|e{self.epochs}" if self.epochs != 1 else ""
+        return f"{self.workload.key}|b{self.batch_size}|n{self.devices}|r{self.repeat}{epochs}|{self.strategy}"
 
     @property
     def group(self) -> tuple[str, int, int]:
@@ -58,8 +60,9 @@ def plan_units(prof: ProfileSpec) -> list[Unit]:
         steps = w.steps if w.steps is not None else prof.steps
         warmup = w.warmup if w.warmup is not None else prof.warmup
         for r in range(prof.repeats):
-            for s in rotated(prof.strategies, r):
-                units.append(Unit(w, s, n, b, r, steps, warmup))
+            for k, epochs in enumerate(prof.epochs):
+                for s in rotated(prof.strategies, r + k):
+                    units.append(Unit(w, s, n, b, r, steps, warmup, epochs))
     return units
 
 
@@ -72,7 +75,7 @@ def unit_config(prof: ProfileSpec, unit: Unit, *, out: str, tag: str, profile_cs
     kw.update(prof.strategy_options.get(unit.strategy, {}))
     return RunConfig(strategy=unit.strategy, devices=unit.devices, batch_size=unit.batch_size,
                      steps=unit.steps, warmup=unit.warmup, **w.run_fields(), out=out, tag=tag, quiet=True,
-                     profile=profile_csv, ideal_seconds_per_sample=ideal_seconds_per_sample, **kw)
+                     profile=profile_csv, ideal_seconds_per_sample=ideal_seconds_per_sample, epochs=unit.epochs, **kw)
 
 
 def _group_config(prof: ProfileSpec, w: WorkloadSpec, batch: int, devices: int) -> RunConfig:

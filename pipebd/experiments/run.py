@@ -206,7 +206,8 @@ def run_experiment(exp: Experiment, profile: str = DEFAULT_PROFILE, *, results_r
             per_sample = ideal_seconds_per_sample(costs, n, b)
             if n == top:  # simulate and plan from the profile of the most devices measured
                 label = csv_path or "estimate"
-                sim_rows += _simulate_rows(gcfg, costs, prof.simulate_devices, label, say)
+                for epochs in prof.epochs:
+                    sim_rows += _simulate_rows(gcfg.replace(epochs=epochs), costs, prof.simulate_devices, label, say)
                 sched_rows += _schedule_rows(gcfg, costs, prof.plan_devices, label, say)
         _run_units([u for u in todo if u.group == (w.key, b, n)], d, prof, exp, csv_path, eta, say,
                    ideal=per_sample)

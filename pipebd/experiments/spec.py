@@ -41,6 +41,7 @@ key and what is allowed)::
         profile_warmup: 1
         simulate_devices: [1, 2, 4, 8, 16]   # write simulate.csv: every strategy predicted on these
         plan_devices: [1, 2, 4, 8, 16]       # write schedules.csv: the ahd plan for these
+        epochs: [1, 2, 4, 8]         #   --epochs of every run (a grid dimension) and of simulate.csv
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ class ProfileSpec:
     profile_warmup: int = 1
     simulate_devices: tuple[int, ...] = ()
     plan_devices: tuple[int, ...] = ()
+    epochs: tuple[int, ...] = (1,)  # --epochs of the runs (and simulations): cache pays its teacher pass once in E
     notes: str = ""
 
 

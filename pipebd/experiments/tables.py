@@ -19,7 +19,7 @@ from .spec import DEFAULT_PROFILE, ROOT, Experiment, WorkloadSpec
 
 SIMULATE_COLUMNS = ["workload", "strategy", "devices", "batch_size", "steps", "epoch_samples", "epoch_time_s",
                     "throughput_sps", "step_time_s", "fill_s", "speedup_vs_dp", "efficiency", "layout", "note",
-                    "extrapolated", "resolution", "width_mult", "costs", "profile_devices"]
+                    "extrapolated", "resolution", "width_mult", "costs", "profile_devices", "epochs"]
 SCHEDULE_COLUMNS = ["workload", "devices", "batch_size", "plan", "predicted_epoch_time_s", "dp_epoch_time_s",
                     "speedup_vs_dp", "tr_dpu_stages", "tr_dpu_epoch_time_s", "ideal_epoch_time_s", "efficiency",
                     "note", "resolution", "width_mult", "costs", "profile_devices"]
@@ -100,7 +100,8 @@ def ideal_seconds_per_sample(costs, devices: int, batch_size: int) -> float | No
 # ---- simulate.csv and schedules.csv --------------------------------------------------------------------------------
 
 
-def _predictions(costs, devices_list, batch: int, steps: int, inflight: int, strategies, say) -> dict[int, list]:
+def _predictions(costs, devices_list, batch: int, steps: int, inflight: int, strategies, say, *,
+                 epochs: int = 1) -> dict[int, list]:
     from ..strategies.predict import predict_all
 
     out = {}
@@ -108,7 +109,7 @@ def _predictions(costs, devices_list, batch: int, steps: int, inflight: int, str
         try:
             # a strategy that refuses a shape (e.g. ls with N > blocks) is left out of that N
             out[n] = predict_all(costs, n, batch, steps, inflight=inflight, strategies=strategies,
-                                 skip_unpredictable=True)
+                                 skip_unpredictable=True, epochs=epochs)
         except Exception as e:  # noqa: BLE001 — e.g. more devices than rows
             say(f"note: cannot predict {n} device(s) at batch {batch}: {' '.join(str(e).split())}")
     return out
@@ -121,7 +122,7 @@ def _simulate_rows(cfg: RunConfig, costs, devices_list, costs_label: str, say) -
     steps = max(1, samples // cfg.batch_size)
     rows = []
     for n, preds in _predictions(costs, devices_list, cfg.batch_size, steps, cfg.inflight,
-                                 [*strategy_names(), "ideal"], say).items():
+                                 [*strategy_names(), "ideal"], say, epochs=cfg.epochs).items():
         dp = next((p.epoch_s for p in preds if p.strategy == "dp"), None)
         ideal = next((p.epoch_s for p in preds if p.strategy == "ideal"), None)
         for p in preds:
@@ -131,7 +132,7 @@ def _simulate_rows(cfg: RunConfig, costs, devices_list, costs_label: str, say) -
                          "step_time_s": p.step_s, "fill_s": p.fill_s, "speedup_vs_dp": dp / p.epoch_s if dp else None,
                          "efficiency": ideal / p.epoch_s if ideal else None, "layout": p.layout, "note": p.note,
                          "extrapolated": p.extrapolated, "resolution": input_resolution(cfg), "width_mult": cfg.width_mult, "costs": costs_label,
-                         "profile_devices": cfg.devices})
+                         "profile_devices": cfg.devices, "epochs": cfg.epochs})
     return rows
 
 

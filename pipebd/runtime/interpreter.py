@@ -10,6 +10,10 @@ What it does once, for all strategies:
   transfer overlaps compute (Pipe-BD §III-B); SENDs are non-blocking, grouped by step, with at
   most ``inflight`` steps outstanding (the oldest is waited for first). Messages carry tag
   ``step × (blocks + 1) + boundary``; NCCL orders them per pair, which the validator checks.
+- **The activation store** (``cache``): PUT writes a register to the
+  :class:`~pipebd.cachestore.ActivationStore` at its batch's dataset rows; the last PUT of a
+  batch marks it complete, and the teacher-pass actions (``fill``) of a batch already complete
+  are skipped. GET reads a register back, the next step's GETs prefetched in the background.
 - **Timing.** One recorder span per action (CUDA events on GPU, ``perf_counter`` on CPU — never
   a device-wide sync inside a window); OPEN / CLOSE are the measurement windows.
 - **Step hooks.** After the last action of each step in which this rank updated a student,
@@ -32,15 +36,15 @@ import torch.distributed as dist
 
 from ..comm import allreduce_sum_, dense, recv_into, send, transport_device
 from ..distill import BlockTrainer, teacher_block
-from ..schedule import (ALLREDUCE, BARRIER, CLOSE, DRAIN, LOAD, OPEN, RECV, SEND, STUDENT, TEACHER, UPDATE, Action,
-                        Schedule, to_csv_text)
+from ..schedule import (ALLREDUCE, BARRIER, CLOSE, DRAIN, GET, LOAD, OPEN, PUT, RECV, SEND, STUDENT, TEACHER, UPDATE,
+                        Action, Schedule, is_fill, parse_window_note, to_csv_text)
 from .context import RankContext
 
 __all__ = ["Interpreter", "step_hooks", "register_drops", "SPAN_PHASE"]
 
 #: the recorder phase each action kind is timed as
 SPAN_PHASE = {LOAD: "data", TEACHER: "teacher", STUDENT: "student", UPDATE: "update", SEND: "comm", RECV: "comm",
-         ALLREDUCE: "comm", DRAIN: "comm", BARRIER: "sync"}
+         ALLREDUCE: "comm", DRAIN: "comm", BARRIER: "sync", PUT: "data", GET: "data"}
 
 
 def step_hooks(actions: list[Action]) -> dict[int, tuple[int, tuple[int, ...]]]:
@@ -63,10 +67,15 @@ def step_hooks(actions: list[Action]) -> dict[int, tuple[int, tuple[int, ...]]]:
     return out
 
 
+def _window(a: Action) -> dict:
+    pipelined, scale = parse_window_note(a.note)
+    return {"pipelined": pipelined, "scale": scale}
+
+
 def _readers(a: Action) -> list[tuple[int, int]]:
     if a.kind == TEACHER:
         return [(a.step, a.blocks[0])]
-    if a.kind == SEND:
+    if a.kind in (SEND, PUT):
         return [(a.step, a.boundary)]
     if a.kind == STUDENT:
         return [(a.step, a.block), (a.step, a.block + 1)]
@@ -78,7 +87,7 @@ def _writes(a: Action) -> list[tuple[int, int]]:
         return [(a.step, 0)]
     if a.kind == TEACHER:
         return [(a.step, b + 1) for b in a.blocks]
-    if a.kind == RECV:
+    if a.kind in (RECV, GET):
         return [(a.step, a.boundary)]
     return []
 
@@ -133,6 +142,34 @@ class Interpreter:
         self._recv_setup()
         self.sent: deque = deque()  # [step, [(tensor, work)]]
         self.begun: dict[int, int] = {}  # block -> the step its trainer began last
+        self.store = self._open_store()
+        # teacher-pass batches already in the store: their fill actions are skipped
+        self.stored = {(a.step, a.rows) for a in self.actions if a.kind == PUT and self.store is not None
+                       and self.store.complete(a.step, a.rows)}
+        self.last_put = {}  # (step, rows) -> position of this rank's last PUT of that batch's rows
+        self.gets_of_step: dict[int, list[int]] = defaultdict(list)
+        for i, a in enumerate(self.actions):
+            if a.kind == PUT:
+                self.last_put[(a.step, a.rows)] = i
+            elif a.kind == GET:
+                self.gets_of_step[a.step].append(i)
+
+    def _open_store(self):
+        """The activation store, when the schedule uses one (collective: every rank's schedule does)."""
+        if not any(a.kind in (PUT, GET) for _r, _i, a in self.schedule):
+            return None
+        from ..cachestore import ActivationStore
+
+        spec = self.schedule.meta.get("store")
+        if spec is None:
+            raise RuntimeError(f"rank {self.ctx.rank}: the schedule reads and writes an activation store but names "
+                               "none (its generator sets schedule.meta['store'] to a StoreSpec)")
+        store = ActivationStore(spec, self.ctx.rank)
+        if self.ctx.rank == 0:
+            store.create()
+        self.ctx.barrier()
+        store.map()
+        return store
 
     # ---------------------------------------------------------------- set-up
     def _check_same_schedule(self) -> None:
@@ -239,12 +276,14 @@ class Interpreter:
             elif a.kind == CLOSE:
                 window = None
         if window is not None:
-            rec.start_window(pipelined=window.note == "pipelined")
+            rec.start_window(**_window(window))
         for i in range(start, len(self.actions)):
             self._post_ahead(i)
             a = self.actions[i]
+            if self.stored and is_fill(a) and (a.step, a.rows) in self.stored:
+                continue  # this batch's teacher pass is already in the store
             if a.kind == OPEN:
-                rec.start_window(pipelined=a.note == "pipelined")
+                rec.start_window(**_window(a))
             elif a.kind == CLOSE:
                 rec.stop_window()
             else:
@@ -262,6 +301,9 @@ class Interpreter:
         rec.stop_window()
         for ld in self.loaders.values():
             ld.close()
+        if self.store is not None:
+            self.ctx.barrier()  # every rank is done reading before a host-memory store is removed
+            self.store.close(remove=self.ctx.rank == 0 and self.store.spec.medium == "memory")
         return {b: t for b, t in self.trainers.items() if self.schedule.reporter(b) == ctx.rank}
 
     def _release(self, reg: tuple[int, int]) -> None:
@@ -294,6 +336,15 @@ class Interpreter:
                          weight=a.nrows / self.schedule.batch_size)
         elif k == UPDATE:
             self.trainers[a.block].apply()
+        elif k == PUT:
+            rows = self.ctx.data.indices(a.step)[a.rows[0]:a.rows[1]]
+            self.store.put(a.boundary, rows, self._read(a.step, a.boundary, a.rows))
+            if self.last_put.get((a.step, a.rows)) == i:
+                self.store.mark_complete(a.step, a.rows)
+                if self.ctx.heartbeat is not None:
+                    self.ctx.heartbeat.beat()  # the teacher pass updates no student: beat per batch
+        elif k == GET:
+            self._get(i, a)
         elif k == ALLREDUCE:
             allreduce_sum_([g for b in a.blocks for g in self.trainers[b].grads()], group=self.groups[a.group])
         elif k == BARRIER:
@@ -307,6 +358,20 @@ class Interpreter:
             self._drain()
         else:
             raise RuntimeError(f"rank {self.ctx.rank}: the interpreter cannot run action {a}")
+
+    def _get(self, i: int, a: Action) -> None:
+        """Read a register from the store, then start reading the next step's in the background."""
+        def start(j: int) -> None:
+            b = self.actions[j]
+            self.store.prefetch(j, b.boundary, self.ctx.data.indices(b.step)[b.rows[0]:b.rows[1]])
+
+        x = self.store.get(i, a.boundary, self.ctx.data.indices(a.step)[a.rows[0]:a.rows[1]], self.ctx.device)
+        self.regs[(a.step, a.boundary)] = (a.rows[0], x, None)
+        for j in self.gets_of_step.get(a.step, ()):
+            if j > i:
+                start(j)
+        for j in self.gets_of_step.get(a.step + 1, ()):
+            start(j)
 
     def _send(self, a: Action) -> None:
         if not self.sent or self.sent[-1][0] != a.step:

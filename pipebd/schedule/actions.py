@@ -25,10 +25,20 @@ STUDENT    forward + backward of student ``blocks[0]`` on rows ``rows`` of ``(st
 ALLREDUCE  sum the gradients of ``blocks`` over the ranks ``group``
 UPDATE     the optimizer step of student ``blocks[0]`` (the end of its training step)
 BARRIER    every rank of ``group`` waits for all of them
+PUT        write rows ``rows`` of register ``(step, boundary)`` to the activation store, at the
+           dataset rows of batch ``step``'s samples (the ``cache`` strategy; ``note``: ``fill`` and
+           the store's medium, ``memory`` or ``disk``)
+GET        read rows ``rows`` of boundary ``boundary`` of batch ``step``'s samples from the store
+           into register ``(step, boundary)`` (the next GET is prefetched while this rank computes)
 DRAIN      wait until every send posted so far has completed
-OPEN       open a measurement window (``note="pipelined"``: its steps overlap across ranks)
+OPEN       open a measurement window (``note``: :func:`window_note`: ``pipelined`` when its steps
+           overlap across ranks, ``scale=F`` when it counts ``F`` of its time per epoch)
 CLOSE      close the measurement window
 =========  ===================================================================================
+
+Actions of the ``cache`` strategy's teacher pass carry ``fill`` in their note: a rank skips them
+for a batch the store already holds (an interrupted teacher pass resumes; a complete store is
+reused).
 """
 
 from __future__ import annotations
@@ -37,14 +47,40 @@ from dataclasses import dataclass, field, replace
 from typing import Iterator, Sequence
 
 __all__ = ["Action", "Schedule", "KINDS", "MARKERS", "LOAD", "TEACHER", "SEND", "RECV", "STUDENT", "ALLREDUCE",
-           "UPDATE", "BARRIER", "DRAIN", "OPEN", "CLOSE", "COLLECTIVES"]
+           "UPDATE", "BARRIER", "DRAIN", "OPEN", "CLOSE", "PUT", "GET", "COLLECTIVES", "window_note",
+           "parse_window_note", "is_fill"]
 
 LOAD, TEACHER, SEND, RECV, STUDENT = "LOAD", "TEACHER", "SEND", "RECV", "STUDENT"
 ALLREDUCE, UPDATE, BARRIER, DRAIN, OPEN, CLOSE = "ALLREDUCE", "UPDATE", "BARRIER", "DRAIN", "OPEN", "CLOSE"
-KINDS = (LOAD, TEACHER, SEND, RECV, STUDENT, ALLREDUCE, UPDATE, BARRIER, DRAIN, OPEN, CLOSE)
+PUT, GET = "PUT", "GET"
+KINDS = (LOAD, TEACHER, SEND, RECV, STUDENT, ALLREDUCE, UPDATE, BARRIER, DRAIN, OPEN, CLOSE, PUT, GET)
 #: kinds that belong to no step: they frame the steps (windows, draining)
 MARKERS = (DRAIN, OPEN, CLOSE)
 COLLECTIVES = (ALLREDUCE, BARRIER)
+
+
+def window_note(*, pipelined: bool = False, scale: float = 1.0) -> str:
+    """The note of an OPEN: ``pipelined`` (steps overlap across ranks: one fill and drain per epoch)
+    and ``scale=F`` (the window's time counts ``F`` per epoch: the ``cache`` teacher pass, paid once
+    over ``--epochs E``, has ``F = 1/E``)."""
+    parts = (["pipelined"] if pipelined else []) + ([f"scale={scale:.12g}"] if scale != 1.0 else [])
+    return " ".join(parts)
+
+
+def parse_window_note(note: str) -> tuple[bool, float]:
+    """``(pipelined, scale)`` of an OPEN's note (:func:`window_note`)."""
+    pipelined, scale = False, 1.0
+    for tok in note.split():
+        if tok == "pipelined":
+            pipelined = True
+        elif tok.startswith("scale="):
+            scale = float(tok[len("scale="):])
+    return pipelined, scale
+
+
+def is_fill(a: "Action") -> bool:
+    """Whether ``a`` belongs to the ``cache`` teacher pass (skipped for batches already stored)."""
+    return "fill" in a.note.split()
 
 
 @dataclass(frozen=True)
@@ -55,7 +91,7 @@ class Action:
     step: int = -1
     blocks: tuple[int, ...] = ()
     rows: tuple[int, int] | None = None  # [lo, hi) of the global batch
-    boundary: int | None = None  # SEND / RECV: the activation entering this block
+    boundary: int | None = None  # SEND / RECV / PUT / GET: the activation entering this block
     peer: int | None = None  # SEND: destination, RECV: source
     group: tuple[int, ...] = ()  # ALLREDUCE / BARRIER: the ranks taking part (sorted)
     note: str = ""
@@ -77,9 +113,10 @@ class Action:
         body = {
             LOAD: f"L{rows}", TEACHER: f"T{blocks}", STUDENT: f"S{blocks}{rows}", UPDATE: f"U{blocks}",
             SEND: f">{self.peer}:a{self.boundary}{rows}", RECV: f"<{self.peer}:a{self.boundary}{rows}",
+            PUT: f"P{self.boundary}{rows}", GET: f"G{self.boundary}{rows}",
             ALLREDUCE: f"AR{blocks}{{{','.join(map(str, self.group))}}}",
             BARRIER: f"B{{{','.join(map(str, self.group))}}}", DRAIN: "DRAIN",
-            OPEN: "OPEN" + ("~" if self.note == "pipelined" else ""), CLOSE: "CLOSE",
+            OPEN: "OPEN" + ("~" if parse_window_note(self.note)[0] else ""), CLOSE: "CLOSE",
         }.get(k, k)
         return f"{self.step}:{body}" if self.step >= 0 else body
 

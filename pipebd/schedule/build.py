@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from .actions import (ALLREDUCE, BARRIER, CLOSE, DRAIN, LOAD, OPEN, RECV, SEND, STUDENT, TEACHER, UPDATE, Action,
-                      Schedule)
+from .actions import (ALLREDUCE, BARRIER, CLOSE, DRAIN, GET, LOAD, OPEN, PUT, RECV, SEND, STUDENT, TEACHER, UPDATE, Action,
+                      Schedule, window_note)
 
 __all__ = ["ScheduleSpec", "ScheduleBuilder"]
 
@@ -22,7 +22,9 @@ class ScheduleSpec:
 
     ``steps`` is the number of training steps per block (warm-up included); the measurement
     window opens at step ``warmup``. ``shards`` (sequential only) splits each block's batch into
-    ghost shards, per block.
+    ghost shards, per block. ``epochs`` is how many epochs the run's figures are for (``--epochs``):
+    every strategy's epoch costs the same each time except one that pays something once (the
+    ``cache`` teacher pass, whose window counts ``1/epochs`` of its time per epoch).
     """
 
     num_blocks: int
@@ -32,9 +34,10 @@ class ScheduleSpec:
     warmup: int = 0
     inflight: int = 2
     shards: tuple[tuple[int, ...], ...] | None = None
+    epochs: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("num_blocks", "devices", "batch_size", "steps", "inflight"):
+        for name in ("num_blocks", "devices", "batch_size", "steps", "inflight", "epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ScheduleSpec.{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.warmup < self.steps:
@@ -55,11 +58,11 @@ class ScheduleBuilder:
     def _add(self, rank: int, action: Action) -> None:
         self.ranks[rank].append(action)
 
-    def load(self, rank: int, step: int, rows: tuple[int, int]) -> None:
-        self._add(rank, Action(LOAD, step, rows=tuple(rows)))
+    def load(self, rank: int, step: int, rows: tuple[int, int], *, note: str = "") -> None:
+        self._add(rank, Action(LOAD, step, rows=tuple(rows), note=note))
 
-    def teacher(self, rank: int, step: int, blocks: Iterable[int], rows: tuple[int, int]) -> None:
-        self._add(rank, Action(TEACHER, step, blocks=tuple(blocks), rows=tuple(rows)))
+    def teacher(self, rank: int, step: int, blocks: Iterable[int], rows: tuple[int, int], *, note: str = "") -> None:
+        self._add(rank, Action(TEACHER, step, blocks=tuple(blocks), rows=tuple(rows), note=note))
 
     def send(self, rank: int, step: int, boundary: int, rows: tuple[int, int], peer: int) -> None:
         self._add(rank, Action(SEND, step, rows=tuple(rows), boundary=boundary, peer=peer))
@@ -86,8 +89,14 @@ class ScheduleBuilder:
     def drain(self, rank: int) -> None:
         self._add(rank, Action(DRAIN))
 
-    def open(self, rank: int, *, pipelined: bool = False) -> None:
-        self._add(rank, Action(OPEN, note="pipelined" if pipelined else ""))
+    def open(self, rank: int, *, pipelined: bool = False, scale: float = 1.0) -> None:
+        self._add(rank, Action(OPEN, note=window_note(pipelined=pipelined, scale=scale)))
+
+    def put(self, rank: int, step: int, boundary: int, rows: tuple[int, int], *, note: str = "") -> None:
+        self._add(rank, Action(PUT, step, rows=tuple(rows), boundary=boundary, note=note))
+
+    def get(self, rank: int, step: int, boundary: int, rows: tuple[int, int], *, note: str = "") -> None:
+        self._add(rank, Action(GET, step, rows=tuple(rows), boundary=boundary, note=note))
 
     def close(self, rank: int) -> None:
         self._add(rank, Action(CLOSE))

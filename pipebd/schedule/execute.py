@@ -3,7 +3,7 @@ action lists with the real dependencies, each action lasting what ``duration`` s
 
 The same semantics as the interpreter's transport (:mod:`pipebd.runtime.interpreter`):
 
-- compute actions (LOAD, TEACHER, STUDENT, UPDATE) start when the rank is free;
+- compute actions (LOAD, TEACHER, STUDENT, UPDATE, PUT, GET) start when the rank is free;
 - the ``k``-th SEND from ``a`` to ``b`` is matched by the ``k``-th RECV on ``b`` from ``a``; a RECV
   ends ``duration`` after both the rank is free and the send was issued (the receiver pays the
   transfer); a send *completes* when its receive has ended;
@@ -24,7 +24,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Callable
 
-from .actions import CLOSE, COLLECTIVES, DRAIN, OPEN, RECV, SEND, Action, Schedule
+from .actions import CLOSE, COLLECTIVES, DRAIN, OPEN, RECV, SEND, Action, Schedule, parse_window_note
 
 __all__ = ["Timeline", "Deadlock", "execute", "match_p2p", "match_collectives"]
 
@@ -42,16 +42,18 @@ class Timeline:
     """Start and end of every action (``spans[rank][position]``) and every rank's windows."""
 
     spans: list[list[tuple[float, float]]]
-    windows: list[list[tuple[float, float, bool]]]  # per rank: (open, close, pipelined)
+    windows: list[list[tuple[float, float, bool, float]]]  # per rank: (open, close, pipelined, scale)
 
     @property
     def makespan(self) -> float:
         return max((e for rank in self.spans for _s, e in rank), default=0.0)
 
     def measured_s(self) -> float:
-        """The run's measured time as the recorder reports it: per window, the slowest rank's."""
+        """The run's measured time as the recorder reports it: per window, the slowest rank's,
+        times the window's scale (what it counts per epoch: :func:`~.actions.window_note`)."""
         k = max((len(w) for w in self.windows), default=0)
-        return sum(max((w[i][1] - w[i][0] for w in self.windows if len(w) > i), default=0.0) for i in range(k))
+        return sum(max((w[i][1] - w[i][0] for w in self.windows if len(w) > i), default=0.0)
+                   * max((w[i][3] for w in self.windows if len(w) > i), default=1.0) for i in range(k))
 
 
 def match_p2p(schedule: Schedule) -> tuple[dict, list[tuple[int, int, str]]]:
@@ -107,8 +109,8 @@ def execute(schedule: Schedule, duration: Callable[[int, Action], float] | None 
     pc = [0] * n
     clock = [0.0] * n
     spans: list[list[tuple[float, float]]] = [[] for _ in range(n)]
-    windows: list[list[tuple[float, float, bool]]] = [[] for _ in range(n)]
-    opened: list[tuple[float, bool] | None] = [None] * n
+    windows: list[list[tuple[float, float, bool, float]]] = [[] for _ in range(n)]
+    opened: list[tuple[float, bool, float] | None] = [None] * n
     outstanding: list[deque] = [deque() for _ in range(n)]  # [step, [send positions]] per rank
 
     def ended(r: int, i: int) -> float | None:
@@ -186,9 +188,9 @@ def execute(schedule: Schedule, duration: Callable[[int, Action], float] | None 
                 finish(m, t0, acts[m][pc[m]])
             return True
         if a.kind == OPEN:
-            opened[r] = (start, a.note == "pipelined")
+            opened[r] = (start, *parse_window_note(a.note))
         elif a.kind == CLOSE and opened[r] is not None:
-            windows[r].append((opened[r][0], start, opened[r][1]))
+            windows[r].append((opened[r][0], start, opened[r][1], opened[r][2]))
             opened[r] = None
         finish(r, start, a)
         return True

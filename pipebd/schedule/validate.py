@@ -8,8 +8,10 @@ the CLI exits 2) with the grid of the schedule and the offending action marked, 
   on ``b`` from ``a``: same step, boundary and rows, so the same shape), or the reverse;
 - a collective's group is incomplete: every member must run the same sequence of collectives
   (kind, step, blocks) on that group;
-- a rank reads a register it does not hold (a TEACHER, SEND or STUDENT whose rows of
-  ``(step, boundary)`` were never loaded, computed or received on that rank);
+- a rank reads a register it does not hold (a TEACHER, SEND, PUT or STUDENT whose rows of
+  ``(step, boundary)`` were never loaded, computed, received or read from the store on that rank);
+- a store is read before it is complete: every rank's first GET must come after a barrier of
+  all ranks that follows every rank's last PUT;
 - a student block is not trained exactly once per step: for every block and step, the rows of
   its STUDENT actions over all ranks must partition the batch; each STUDENT is followed by the
   block's UPDATE on its rank; a block trained by several ranks all-reduces its gradients over
@@ -24,8 +26,8 @@ from __future__ import annotations
 from collections import defaultdict
 
 from ..config import ConfigError
-from .actions import (ALLREDUCE, BARRIER, CLOSE, COLLECTIVES, KINDS, LOAD, MARKERS, OPEN, RECV, SEND, STUDENT,
-                      TEACHER, UPDATE, Schedule)
+from .actions import (ALLREDUCE, BARRIER, CLOSE, COLLECTIVES, GET, KINDS, LOAD, MARKERS, OPEN, PUT, RECV, SEND,
+                      STUDENT, TEACHER, UPDATE, Schedule)
 from .execute import Deadlock, execute, match_collectives, match_p2p
 from .grid import format_grid
 
@@ -52,7 +54,7 @@ def _field_problems(s: Schedule) -> list[tuple[int, int, str]]:
             continue
         if a.kind not in MARKERS and not (a.kind == BARRIER and a.step == -1) and not 0 <= a.step < s.steps:
             bad(f"has step {a.step}, outside 0..{s.steps - 1}")
-        if a.kind in (LOAD, TEACHER, SEND, RECV, STUDENT):
+        if a.kind in (LOAD, TEACHER, SEND, RECV, STUDENT, PUT, GET):
             if a.rows is None or not 0 <= a.rows[0] < a.rows[1] <= B:
                 bad(f"needs rows [lo, hi) with 0 <= lo < hi <= {B}, got {a.rows}")
         if a.kind in (TEACHER, STUDENT, UPDATE, ALLREDUCE):
@@ -62,6 +64,8 @@ def _field_problems(s: Schedule) -> list[tuple[int, int, str]]:
                 bad(f"blocks must be contiguous and ascending, got {a.blocks}")
             elif a.kind in (STUDENT, UPDATE) and len(a.blocks) != 1:
                 bad(f"trains exactly one block, got {a.blocks}")
+        if a.kind in (PUT, GET) and (a.boundary is None or not 1 <= a.boundary <= n):
+            bad(f"needs a boundary in 1..{n} (the teacher's outputs; the input is LOADed), got {a.boundary}")
         if a.kind in (SEND, RECV):
             if a.peer is None or not 0 <= a.peer < N or a.peer == r:
                 bad(f"needs a peer rank in 0..{N - 1} other than {r}, got {a.peer}")
@@ -142,8 +146,10 @@ def _dataflow_problems(s: Schedule) -> list[tuple[int, int, str]]:
                     regs[(a.step, b + 1)] = _merge(regs[(a.step, b + 1)], a.rows)
             elif a.kind == SEND and a.boundary is not None:
                 need(a.boundary, a.rows, "what it sends")
-            elif a.kind == RECV and a.boundary is not None and a.rows:
+            elif a.kind in (RECV, GET) and a.boundary is not None and a.rows:
                 regs[(a.step, a.boundary)] = _merge(regs[(a.step, a.boundary)], a.rows)
+            elif a.kind == PUT and a.boundary is not None:
+                need(a.boundary, a.rows, "what it stores")
             elif a.kind == STUDENT and a.blocks:
                 b = a.block
                 need(b, a.rows, "the student's input")
@@ -208,13 +214,53 @@ def _dataflow_problems(s: Schedule) -> list[tuple[int, int, str]]:
     return out
 
 
+def _store_problems(s: Schedule) -> list[tuple[int, int, str]]:
+    """What a GET reads is complete before it reads it: a barrier of every rank lies between each
+    PUT of the GET's step (or, for a step no PUT writes — a later epoch reusing the store — each
+    PUT of an earlier step) and the GET; every boundary read is written somewhere."""
+    world = tuple(range(s.devices))
+    puts = {(r, i) for r, i, a in s if a.kind == PUT}
+    gets = [(r, i, a) for r, i, a in s if a.kind == GET]
+    if not gets:
+        return []
+    out = []
+    stored = {a.boundary for r, i, a in s if a.kind == PUT}
+    for r, i, a in gets:
+        if a.boundary not in stored:
+            out.append((r, i, f"GET of boundary {a.boundary}, which no rank ever PUTs in the store"))
+    if s.devices == 1 or not puts:
+        return out
+
+    counts = []  # per rank and position: world barriers passed before it
+    for acts in s.ranks:
+        c, row = 0, []
+        for a in acts:
+            row.append(c)
+            c += a.kind == BARRIER and a.group == world
+        counts.append(row)
+    put_at: dict[int, int] = {}  # step -> the latest barrier count of any of its PUTs
+    for r, i in puts:
+        st = s.ranks[r][i].step
+        put_at[st] = max(put_at.get(st, -1), counts[r][i])
+    reported = set()
+    for r, i, a in gets:
+        need = put_at.get(a.step)
+        if need is None:
+            need = max((c for st, c in put_at.items() if st < a.step), default=-1)
+        if counts[r][i] <= need and r not in reported:
+            reported.add(r)
+            out.append((r, i, f"GET of step {a.step} before the store is complete: put a barrier of all ranks after "
+                              "every PUT it reads and before it"))
+    return out
+
+
 def problems(schedule: Schedule) -> list[tuple[int, int, str]]:
     """Every problem found, as (rank, position, message); empty for a valid schedule."""
     out = _field_problems(schedule)
     if out:
         return out
     comm = _p2p_problems(schedule) + _collective_problems(schedule)
-    out = comm + _dataflow_problems(schedule)
+    out = comm + _dataflow_problems(schedule) + _store_problems(schedule)
     if comm:  # the abstract execution needs matched communication
         return out
     try:

@@ -43,7 +43,7 @@ def spec_for(cfg: RunConfig, num_blocks: int) -> ScheduleSpec:
     if shards is None and cfg.shards > 1:
         shards = tuple(tuple(shard_sizes(cfg.batch_size, cfg.shards)) for _ in range(num_blocks))
     return ScheduleSpec(num_blocks=num_blocks, devices=cfg.devices, batch_size=cfg.batch_size, steps=cfg.total_steps,
-                        warmup=cfg.warmup, inflight=cfg.inflight, shards=shards)
+                        warmup=cfg.warmup, inflight=cfg.inflight, shards=shards, epochs=max(1, cfg.epochs))
 
 
 class Strategy:
@@ -125,6 +125,12 @@ class Strategy:
                               f"--devices {cfg.devices}")
         if uses_schedule(cls):
             validate_schedule(cls.schedule_for(cfg, num_blocks))
+
+    @classmethod
+    def lossy_reason(cls, cfg: RunConfig) -> str | None:
+        """Why ``cfg`` asks this strategy for something that is not exact (``verify`` then reports
+        the error it measures instead of failing); ``None``: the run must match its reference."""
+        return None
 
     @classmethod
     def describe_plan(cls, cfg: RunConfig, num_blocks: int) -> str:

@@ -28,8 +28,9 @@ class NotPredictable(ConfigError):
 
 
 def predict(name: str, costs: CostTable, devices: int, batch_size: int, steps: int, *, inflight: int = 2,
-            memory_limit_bytes: float | None = None, layout: Any = None) -> Prediction:
-    """The predicted epoch of strategy ``name`` on ``devices`` devices (``layout``: else its own choice)."""
+            memory_limit_bytes: float | None = None, layout: Any = None, epochs: int = 1) -> Prediction:
+    """The predicted epoch of strategy ``name`` on ``devices`` devices (``layout``: else its own choice),
+    averaged over ``epochs`` epochs (what a strategy pays once, the ``cache`` teacher pass, is spread)."""
     if name == IDEAL:
         return predict_ideal(costs, devices, batch_size, steps)
     cls = get_strategy(name)
@@ -38,15 +39,15 @@ def predict(name: str, costs: CostTable, devices: int, batch_size: int, steps: i
                              "replay; write it as a schedule generator to have it predicted")
     if cls.max_devices is not None and devices > cls.max_devices:
         p = predict(name, costs, cls.max_devices, batch_size, steps, inflight=inflight,
-                    memory_limit_bytes=memory_limit_bytes, layout=layout)
+                    memory_limit_bytes=memory_limit_bytes, layout=layout, epochs=epochs)
         return dataclasses.replace(p, devices=devices, note=f"{cls.max_devices} device(s)")
     spec = ScheduleSpec(num_blocks=costs.num_blocks, devices=devices, batch_size=batch_size, steps=1,
-                        inflight=inflight)
+                        inflight=inflight, epochs=max(1, epochs))
     if layout is None:
         layout = cls.choose_layout(costs, spec, memory_limit_bytes=memory_limit_bytes)
     used = _devices_used(cls, layout, devices)
     if used < devices:  # a layout on fewer devices (more devices than blocks): predicted where it runs
-        p = predict(name, costs, used, batch_size, steps, inflight=inflight, layout=layout)
+        p = predict(name, costs, used, batch_size, steps, inflight=inflight, layout=layout, epochs=epochs)
         return dataclasses.replace(p, devices=devices, note=f"uses {used} of {devices} devices")
 
     def make(h: int):
@@ -67,14 +68,14 @@ def _devices_used(cls, layout: Any, devices: int) -> int:
 
 def predict_all(costs: CostTable, devices: int, batch_size: int, steps: int, *, inflight: int = 2,
                 memory_limit_bytes: float | None = None, strategies: Iterable[str] | None = None,
-                skip_unpredictable: bool = False) -> list[Prediction]:
+                skip_unpredictable: bool = False, epochs: int = 1) -> list[Prediction]:
     """Predictions of ``strategies`` (default: every registered one, then ``ideal``)."""
     names = list(strategies) if strategies is not None else [*strategy_names(), IDEAL]
     out = []
     for s in names:
         try:
             out.append(predict(s, costs, devices, batch_size, steps, inflight=inflight,
-                               memory_limit_bytes=memory_limit_bytes))
+                               memory_limit_bytes=memory_limit_bytes, epochs=epochs))
         except ConfigError:
             if not skip_unpredictable:
                 raise
