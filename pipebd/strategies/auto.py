@@ -33,7 +33,7 @@ def choose(cfg: RunConfig, candidates=CANDIDATES) -> Choice:
     from ..options import workload_num_blocks
     from ..planner import cost_table_for, memory_limit_for
     from .base import get_strategy
-    from .cache import _dataset
+    from .cache import _dataset, _gib
     from .predict import predict
 
     costs = cost_table_for(cfg)
@@ -53,7 +53,7 @@ def choose(cfg: RunConfig, candidates=CANDIDATES) -> Choice:
         predicted[name] = p.epoch_s
         store = getattr(layout, "store", None)
         notes[name] = (f"{p.epoch_s:.2f} s/epoch" + (f" ({p.layout})" if p.layout else "")
-                       + (f", store {store.rows and _gib(_store_bytes(store, cfg, steps))} in {store.medium}"
+                       + (f", store {_gib(_store_bytes(store, cfg, steps))} in {store.medium}"
                           if store is not None else ""))
     if not predicted:
         raise ConfigError("--strategy auto: no candidate can run: " + "; ".join(out))
@@ -65,12 +65,9 @@ def choose(cfg: RunConfig, candidates=CANDIDATES) -> Choice:
 
 
 def _store_bytes(store, cfg: RunConfig, epoch_steps: int) -> float:
+    """Bytes the teacher pass writes: the samples of the run's batches (one epoch at most)."""
     rows = min(store.rows, min(cfg.total_steps, epoch_steps) * cfg.batch_size)
     return rows * store.sample_bytes()
-
-
-def _gib(nbytes: float) -> str:
-    return f"{nbytes / 2**30:.2f} GiB"
 
 
 def resolve_auto(cfg: RunConfig) -> RunConfig:
