@@ -54,9 +54,13 @@ def test_dry_run_writes_every_output(tmp_path):
     assert "PASS" in (out / "logs" / "verify-n1.log").read_text()
     bf16 = (out / "logs" / "verify-bf16.log").read_text()
     assert "PASS" in bf16 and "bf16" in bf16
-    modes = {r["mode"] for r in _rows(out / "profile-compress-vgg16-cifar10.csv")}
+    rows = _rows(out / "profile-compress-vgg16-cifar10.csv")
+    modes = {r["mode"] for r in rows if r["kind"] in ("teacher", "student")}
     # every block in every compute mode (bf16 where this CPU has it natively)
     assert modes == {"", "fp32-cl"} | ({"bf16", "bf16-cl"} if native_bf16(torch.device("cpu")) else set())
+    # the cache store's bandwidth, to and from host memory and disk
+    assert {r["mode"] for r in rows if r["kind"] == "store"} == {"write:memory", "read:memory", "write:disk",
+                                                                  "read:disk"}
 
     profile = _rows(out / "profile-compress-vgg16-cifar10.csv")
     batches = {int(r["batch"]) for r in profile if r["kind"] == "student"}
