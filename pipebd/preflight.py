@@ -19,6 +19,7 @@ import torch
 from .checkpoint import check_resumable
 from .config import RunConfig
 from .data import validate_data_config
+from .data_mnist import MNIST_SHAPE
 from .errors import ConfigError, DataError, WorkloadError
 from .faults import parse_fault
 from .options import data_config, workload_num_blocks, workload_options, workload_sizes
@@ -84,6 +85,7 @@ def validate(cfg: RunConfig) -> None:
     parse_fault(cfg.inject_fault, cfg.devices)
     try:
         _check_shapes(cfg)
+        _check_data_shape(cfg)
         num_blocks = workload_num_blocks(cfg)
     except WorkloadError as e:
         raise ConfigError(str(e)) from None
@@ -158,6 +160,17 @@ def _probe_error(cfg: RunConfig, resolution: int | None) -> str | None:
         return None
     except registry.ShapeError as e:
         return str(e)
+
+
+def _check_data_shape(cfg: RunConfig) -> None:
+    """A dataset of one fixed image shape (mnist5k: 1x28x28) needs a workload that takes it."""
+    if cfg.data != "mnist5k":
+        return
+    shape = tuple(registry.meta_shapes(cfg.workload, workload_sizes(cfg))[0])
+    if shape != MNIST_SHAPE:
+        raise ConfigError(f"--data mnist5k gives {'x'.join(map(str, MNIST_SHAPE))} digits but workload "
+                          f"{canonical_name(cfg.workload)} takes {'x'.join(map(str, shape))} inputs; use "
+                          "-w compress-mnist or -w nas-mnist (at their default --resolution 28), or --data synthetic")
 
 
 def _check_shapes(cfg: RunConfig) -> None:

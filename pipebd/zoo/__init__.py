@@ -1,6 +1,6 @@
 """The model zoo: named workloads of teacher and student blocks (see :mod:`.registry`)."""
 
-from . import compress, llm, nas, tiny  # noqa: F401  (registers the workloads)
+from . import compress, llm, mnist, nas, tiny  # noqa: F401  (registers the workloads)
 from .layers import sample_path
 from .registry import (BlockOwnership, NotOwned, Workload, WorkloadError, WorkloadOptions, build_workload,
                        canonical_name, workload_names)
