@@ -146,6 +146,16 @@ def strategy_of(label: str) -> str:
     return label.removesuffix(FP32_SUFFIX)
 
 
+def compares_modes(args, cfg: RunConfig) -> bool:
+    """Whether a bench also runs every strategy as ``S:fp32``: when asked (``--compare-modes``) or
+    when a mode option is given — except an fp32-contiguous pin, whose twins would be the same runs."""
+    pinned = any(getattr(args, k, None) is not None for k in (
+        "precision", "teacher_precision", "student_precision", "memory_format", "modes"))
+    fp32 = (cfg.teacher_precision, cfg.student_precision, cfg.memory_format, cfg.modes) == ("fp32", "fp32",
+                                                                                            "contiguous", None)
+    return bool(getattr(args, "compare_modes", False)) or (pinned and not fp32)
+
+
 def label_cfg(cfg: RunConfig, label: str) -> RunConfig:
     """The run configuration of a bench row: ``S`` as asked, ``S:fp32`` pinned to fp32 contiguous."""
     return cfg.replace(strategy=strategy_of(label), **(FP32_PINS if label.endswith(FP32_SUFFIX) else {}))
@@ -348,8 +358,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(f"bench: {', '.join(names)} x {args.repeats} rounds on {cfg.workload}, {cfg.devices} device(s)", flush=True)
     if args.max_reruns < 0:
         raise ConfigError(f"--max-reruns must be >= 0, got {args.max_reruns}")
-    asked = args.compare_modes or any(getattr(args, k, None) is not None for k in (
-        "precision", "teacher_precision", "student_precision", "memory_format", "modes"))
+    asked = compares_modes(args, cfg)
     result = bench(cfg, names, repeats=args.repeats, ideal=args.ideal, max_reruns=args.max_reruns,
                    say=lambda m: print(m, flush=True), compare_modes=asked)
     print(format_table(result))

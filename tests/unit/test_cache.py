@@ -180,3 +180,4 @@ def test_a_store_that_fits_nowhere_rules_cache_out_of_auto():
     c = choose(TINY.replace(strategy="auto", workload="compress-cifar10", cache_memory=1024, epochs=50))
     assert c.strategy == "ahd" and "cache ruled out" in c.why
     assert os.path.isdir("/dev/shm") or True
+
