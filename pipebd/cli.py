@@ -35,8 +35,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"{r['strategy']} on {r['devices']} {r['device_type']} rank(s), {r['workload']}: "
               f"{r['throughput_sps']:.1f} samples/s, epoch {r['epoch_time_s']:.1f} s "
               f"({r['steps_measured']} measured steps/block, utilisation {r['mean_utilisation']:.0%}); "
-              f"run {r['run_id']} -> {cfg.out}/runs.csv")
+              f"{_top1_text(r)}run {r['run_id']} -> {cfg.out}/runs.csv")
     return 0
+
+
+def _top1_text(row: dict) -> str:
+    """``student top-1 97.1 %, teacher top-1 98.3 %; `` for the figures a run's row has (blank: none)."""
+    parts = [f"{who} top-1 {100 * float(row[col]):.1f} %" for who, col in (("student", "student_top1"),
+                                                                          ("teacher", "teacher_top1"))
+             if row.get(col) is not None and row.get(col) == row.get(col)]  # NaN (a blank cell) != itself
+    return "; ".join(parts) + "; " if parts else ""
 
 
 def _cmd_zoo(args: argparse.Namespace) -> int:

@@ -10,7 +10,10 @@ Each rank builds the blocks of the workload its schedule uses (same seed, the sa
 full build: :class:`pipebd.zoo.BlockOwnership`), runs its strategy, and sends a
 :class:`~pipebd.metrics.RankReport` to rank 0 with ``gather_object``; after a barrier, rank 0
 writes ``runs.csv``, ``ranks.csv``, ``events.csv`` and ``trace.json`` under ``--out`` (the
-runner, not the strategy, writes files; the strategy's internals are unknown here).
+runner, not the strategy, writes files; the strategy's internals are unknown here). With a data
+source that has a test split (``--data mnist5k``), the ranks also send every block's final student
+weights (as for ``--save-weights``) and rank 0 fills ``student_top1`` / ``teacher_top1`` with
+:func:`pipebd.quality.stitched_top1`, after every timing figure is computed.
 
 Every run ends (DESIGN.md §5): :mod:`pipebd.launch` supervises the ranks (heartbeats, grace,
 SIGTERM, SIGKILL, SIGINT/SIGTERM on the launcher: exit code 130) and names the rank that
@@ -39,7 +42,7 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
-from . import metrics
+from . import metrics, quality
 from .recorder import Recorder
 from .checkpoint import Checkpointer, set_rng_state
 from .comm import threads_per_rank
@@ -199,7 +202,7 @@ def rank_main(rank: int, cfg: RunConfig, run_id: str, *, store: dist.Store | Non
             "paths": {i: t.paths for i, t in trainers.items()},
             "losses": {i: t.losses() for i, t in ctx.trainers.items()},  # every replica's share
             "weights": ({i: {k: v.detach().cpu() for k, v in t.block.state_dict().items()} for i, t in trainers.items()}
-                        if cfg.save_weights else {}),
+                        if _wants_weights(cfg) else {}),
         }
         gathered = [None] * world if rank == 0 else None
         dist.gather_object(payload, gathered, dst=0)
@@ -262,7 +265,8 @@ def _load_average() -> float | None:
 def _write_results(cfg: RunConfig, run_id: str, workload, data: DataSource, gathered: list[dict], *,
                    resumed_from: int | None = None, load_start: float | None = None) -> dict:
     reports = [g["report"] for g in sorted(gathered, key=lambda g: g["report"].rank)]
-    if cfg.save_weights:
+    weights = {}
+    if _wants_weights(cfg):
         weights, paths = {}, {}
         for g in gathered:
             for i, w in g["weights"].items():
@@ -272,6 +276,7 @@ def _write_results(cfg: RunConfig, run_id: str, workload, data: DataSource, gath
         missing = sorted(set(range(workload.num_blocks)) - set(weights))
         if missing:
             raise RuntimeError(f"strategy {cfg.strategy!r} reported no final weights for blocks {missing}")
+    if cfg.save_weights:
         os.makedirs(os.path.dirname(os.path.abspath(cfg.save_weights)), exist_ok=True)
         torch.save({"weights": weights, "paths": paths}, cfg.save_weights)
     summary = metrics.summarise(reports, batch_size=cfg.batch_size, steps=cfg.steps, epoch_samples=data.epoch_samples)
@@ -292,6 +297,8 @@ def _write_results(cfg: RunConfig, run_id: str, workload, data: DataSource, gath
     }
     if cfg.ideal_seconds_per_sample is not None:
         row = metrics.with_ideal(row, cfg.ideal_seconds_per_sample * data.epoch_samples)
+    # after training and every figure above: scoring the stitched student changes no timing
+    row["student_top1"], row["teacher_top1"] = quality.stitched_top1(cfg, weights)
     out = cfg.out
     metrics.append_rows(os.path.join(out, "losses.csv"), metrics.loss_rows(run_id, row, [g.get("losses", {})
                                                                                       for g in gathered]),
@@ -302,6 +309,12 @@ def _write_results(cfg: RunConfig, run_id: str, workload, data: DataSource, gath
         metrics.write_trace(os.path.join(out, "traces", f"{run_id}.json"), run_id, reports)
     metrics.append_rows(os.path.join(out, "runs.csv"), [row], metrics.RUN_COLUMNS)
     return row
+
+
+def _wants_weights(cfg: RunConfig) -> bool:
+    """Whether the ranks send rank 0 their blocks' final student weights: to save them
+    (``--save-weights``), or to score the stitched student on a test split (:mod:`pipebd.quality`)."""
+    return bool(cfg.save_weights) or quality.has_test_split(cfg)
 
 
 def _read_run_row(out: str, run_id: str, *, missing_ok: bool = False) -> dict:
