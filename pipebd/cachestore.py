@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, fsync_path
 
 __all__ = ["StoreSpec", "ActivationStore", "DTYPES", "store_key"]
 
@@ -57,11 +58,7 @@ class StoreSpec:
 
     def boundary_bytes(self, k: int) -> int:
         """Bytes of one sample of boundary ``k`` (1..n)."""
-        shape, dtype = self.shapes[k - 1], DTYPES[self.dtypes[k - 1]]
-        n = 1
-        for d in shape:
-            n *= d
-        return n * torch.empty((), dtype=dtype).element_size()
+        return math.prod(self.shapes[k - 1]) * DTYPES[self.dtypes[k - 1]].itemsize
 
     def sample_bytes(self) -> int:
         return sum(self.boundary_bytes(k) for k in range(1, len(self.shapes) + 1))
@@ -73,7 +70,8 @@ def store_key(**parts) -> str:
 
 
 class ActivationStore:
-    """One rank's handle on the store (:func:`open` is collective: every rank calls it)."""
+    """One rank's handle on the store: rank 0 :meth:`create`\ s it, then (after a barrier) every rank
+    :meth:`map`\ s it."""
 
     def __init__(self, spec: StoreSpec, rank: int):
         self.spec, self.rank = spec, rank
@@ -117,7 +115,7 @@ class ActivationStore:
         """Map every boundary's file (after rank 0's :meth:`create` and a barrier)."""
         s = self.spec
         for k in range(1, len(s.shapes) + 1):
-            flat = torch.from_file(self._file(k), shared=True, size=s.rows * _numel(s.shapes[k - 1]),
+            flat = torch.from_file(self._file(k), shared=True, size=s.rows * math.prod(s.shapes[k - 1]),
                                    dtype=DTYPES[s.dtypes[k - 1]])
             self.maps[k] = flat.view(s.rows, *s.shapes[k - 1])
 
@@ -134,11 +132,7 @@ class ActivationStore:
         """Every boundary of rows ``rows`` of batch ``step`` is written: flush (disk) and mark it."""
         if self.spec.medium == "disk":
             for k in self.maps:
-                fd = os.open(self._file(k), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_path(self._file(k))
         atomic_write_text(self._marker(step, rows), "", fsync=self.spec.medium == "disk")
 
     def _read(self, k: int, indices: torch.Tensor) -> torch.Tensor:
@@ -167,10 +161,4 @@ class ActivationStore:
         if remove:
             shutil.rmtree(self.spec.path, ignore_errors=True)
 
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 

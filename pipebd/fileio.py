@@ -77,6 +77,15 @@ def atomic_write_bytes(path: str, data: bytes, *, fsync: bool = False) -> None:
     atomic_write(path, lambda f: f.write(data), binary=True, fsync=fsync)
 
 
+def fsync_path(path: str) -> None:
+    """Flush ``path``'s data to disk (e.g. pages written through a shared memory map)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(d: str) -> None:
     """Make a rename in ``d`` durable (best effort: some file systems refuse to fsync a directory)."""
     try:

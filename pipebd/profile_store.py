@@ -19,6 +19,7 @@ import tempfile
 import torch
 
 from .cachestore import SHM
+from .fileio import fsync_path
 
 __all__ = ["StoreMeasurements"]
 
@@ -51,11 +52,7 @@ class StoreMeasurements:
                     def write() -> None:
                         mapped.index_copy_(0, idx, x)
                         if medium == "disk":
-                            fd = os.open(path, os.O_RDONLY)
-                            try:
-                                os.fsync(fd)
-                            finally:
-                                os.close(fd)
+                            fsync_path(path)
 
                     writes.append(self._wall(write))
                     reads.append(self._wall(lambda: mapped.index_select(0, idx)))

@@ -105,13 +105,15 @@ def _teacher_weights_id(path: str | None) -> str:
     return f"{os.path.abspath(path)}:{st.st_size}:{int(st.st_mtime)}"
 
 
-def store_spec_for(cfg: RunConfig, num_blocks: int, *, refresh: bool) -> StoreSpec:
-    """The store a run of ``cfg`` needs: its key, shapes, dtypes and where it fits (else ConfigError)."""
+def store_spec_for(cfg: RunConfig, num_blocks: int, *, refresh: bool, dataset: tuple[int, int] | None = None
+                   ) -> StoreSpec:
+    """The store a run of ``cfg`` needs: its key, shapes, dtypes and where it fits (else ConfigError).
+    ``dataset``: :func:`_dataset` of ``cfg`` when the caller has it already."""
     from ..options import workload_sizes
     from ..planner import modes_for
     from ..zoo.registry import meta_shapes
 
-    rows, epoch_steps = _dataset(cfg)
+    rows, epoch_steps = dataset or _dataset(cfg)
     shapes = tuple(tuple(s) for s in meta_shapes(cfg.workload, workload_sizes(cfg))[1:num_blocks + 1])
     modes = modes_for(cfg)
     if cfg.cache_dtype == "auto":  # each activation as its teacher block produces it: exact
@@ -190,8 +192,8 @@ class ActivationCache(Strategy):
         refresh = cfg.cache_refresh == "epoch" or (cfg.cache_refresh == "auto" and cfg.augment)
         if refresh and cfg.augment and cfg.cache_refresh == "auto":
             log.info("cache: --augment draws new inputs every epoch, so the store is rebuilt every epoch")
-        store = store_spec_for(cfg, num_blocks, refresh=refresh)
         rows, epoch_steps = _dataset(cfg)
+        store = store_spec_for(cfg, num_blocks, refresh=refresh, dataset=(rows, epoch_steps))
         if not refresh and cfg.total_steps > epoch_steps and rows > epoch_steps * cfg.batch_size:
             raise ConfigError(f"cache: the run's {cfg.total_steps} steps cross an epoch ({epoch_steps} batches of "
                               f"{cfg.batch_size}), and the first epoch's batches leave {rows - epoch_steps * cfg.batch_size} "

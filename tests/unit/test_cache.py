@@ -4,7 +4,6 @@ spawning, the epoch-amortised windows (measured and replayed) and ``--strategy a
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -179,5 +178,4 @@ def test_a_store_that_fits_nowhere_rules_cache_out_of_auto():
 
     c = choose(TINY.replace(strategy="auto", workload="compress-cifar10", cache_memory=1024, epochs=50))
     assert c.strategy == "ahd" and "cache ruled out" in c.why
-    assert os.path.isdir("/dev/shm") or True
 
