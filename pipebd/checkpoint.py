@@ -53,7 +53,7 @@ _RANK_RE = re.compile(r"^rank(\d+)$")
 #: Configuration fields a checkpoint must agree on to be resumed (they change what is trained).
 FINGERPRINT_FIELDS = ("workload", "strategy", "devices", "batch_size", "seed", "resolution", "width_mult",
                       "num_classes", "teacher_weights", "student_bn", "data", "data_root", "data_size", "augment",
-                      "lr", "weight_decay", "shards", "stages", "ls_map", "plan", "inflight", "nas_zero",
+                      "optimizer", "lr", "weight_decay", "shards", "stages", "ls_map", "plan", "inflight", "nas_zero",
                       "teacher_precision", "student_precision", "memory_format", "modes")
 
 

@@ -22,7 +22,7 @@ __all__ = ["main", "add_run_options", "config_from_args", "COMMAND_MODULES"]
 #: Modules that add subcommands (each defines ``add_cli(subparsers)``).
 COMMAND_MODULES = ["pipebd.verify", "pipebd.commands.simulate", "pipebd.commands.plan", "pipebd.commands.schedule",
                    "pipebd.profiler", "pipebd.experiments", "pipebd.bench", "pipebd.commands.precision",
-                   "pipebd.commands.perplexity", "pipebd.commands.teacher"]
+                   "pipebd.commands.perplexity", "pipebd.commands.teacher", "pipebd.search", "pipebd.export"]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -40,10 +40,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _top1_text(row: dict) -> str:
-    """``student top-1 97.1 %, teacher top-1 98.3 %; `` for the figures a run's row has (blank: none)."""
-    parts = [f"{who} top-1 {100 * float(row[col]):.1f} %" for who, col in (("student", "student_top1"),
-                                                                          ("teacher", "teacher_top1"))
-             if row.get(col) is not None and row.get(col) == row.get(col)]  # NaN (a blank cell) != itself
+    """``student top-1 97.1 % (96.0 % before BN recalibration); teacher top-1 98.3 %; `` for the
+    figures a run's row has (blank: none)."""
+    def have(col: str) -> bool:
+        return row.get(col) is not None and row.get(col) == row.get(col)  # NaN (a blank cell) != itself
+
+    parts = []
+    if have("student_top1"):
+        raw = f" ({100 * float(row['student_top1_raw']):.1f} % before BN recalibration)" if have("student_top1_raw") else ""
+        parts.append(f"student top-1 {100 * float(row['student_top1']):.1f} %{raw}")
+    if have("teacher_top1"):
+        parts.append(f"teacher top-1 {100 * float(row['teacher_top1']):.1f} %")
     return "; ".join(parts) + "; " if parts else ""
 
 

@@ -49,6 +49,7 @@ class RunConfig:
     data_size: int | None = None
     augment: bool = False
     # optimisation
+    optimizer: str = "sgd"  # sgd (Nesterov momentum 0.9) | adam (pipebd.distill.OPTIMIZERS)
     lr: float = 0.05
     weight_decay: float = 4e-5
     # strategy layout options
@@ -80,6 +81,7 @@ class RunConfig:
     quiet: bool = False
     trace: bool = True  # write events.csv + trace.json
     save_weights: str | None = None  # path: rank 0 saves the final student weights (verify)
+    save_students: bool = False  # rank 0 writes <out>/students/<run_id>.pt for `export` (pipebd.export)
     plugins: tuple[str, ...] = ()  # modules imported in every rank (register extra strategies)
     inject_fault: str | None = None  # RANK:STEP:raise|kill|hang (testing aid)
     checkpoint_dir: str | None = None

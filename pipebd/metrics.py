@@ -58,7 +58,7 @@ RUN_COLUMNS = [
     "epoch_time_s", "ideal_epoch_time_s", "efficiency", "mean_utilisation", "max_peak_memory_mb", "plan",
     "resolution", "width_mult", "data", "seed", "threads_per_rank", "git_commit", "torch_version", "hostname",
     "mean_nvml_utilisation", "steady_period_s", "fill_drain_s", "load_avg_start", "load_avg_end", "modes", "cpu",
-    "seq_len", "throughput_tps", "model_tflops", "mfu", "epochs", "student_top1", "teacher_top1",
+    "seq_len", "throughput_tps", "model_tflops", "mfu", "epochs", "student_top1", "student_top1_raw", "teacher_top1",
 ]
 RANK_COLUMNS = ["run_id", "workload", "strategy", "devices", "rank", "phase", "seconds", "fraction", "wall_s",
                 "utilisation", "peak_memory_mb", "nvml_utilisation"]

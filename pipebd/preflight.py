@@ -20,6 +20,7 @@ from .checkpoint import check_resumable
 from .config import RunConfig
 from .data import validate_data_config
 from .data_mnist import MNIST_SHAPE
+from .distill import OPTIMIZERS
 from .errors import ConfigError, DataError, WorkloadError
 from .faults import parse_fault
 from .options import data_config, workload_num_blocks, workload_options, workload_sizes
@@ -51,6 +52,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"--timeout must be > 0 seconds, got {cfg.timeout}")
     if cfg.inflight < 1:
         raise ConfigError(f"--inflight must be >= 1, got {cfg.inflight}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"--optimizer {cfg.optimizer!r} is not known; use one of: {', '.join(OPTIMIZERS)}")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise ConfigError(f"--lr must be a positive number (the peak of the cosine schedule), got {cfg.lr}; "
                           f"e.g. --lr {RunConfig.lr} (the default)")

@@ -52,7 +52,7 @@ import torch.distributed as dist
 
 from .config import RunConfig
 from .data import DataSource
-from .distill import BlockTrainer, OptimConfig, teacher_block
+from .distill import BlockTrainer, optim_config, teacher_block
 from .modes import FP32, Mode, candidate_modes, native_bf16
 from .faults import Heartbeat, parse_fault
 from .options import data_config, workload_is_conv, workload_options
@@ -331,7 +331,7 @@ class RankProfiler(CommMeasurements, LeanMeasurements, ModeMeasurements, StoreMe
             base = torch.cuda.memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         trainer = BlockTrainer(index=i, block=block, last=i == self.n - 1, total_steps=10**6, seed=cfg.seed,
-                               optim=OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay))
+                               optim=optim_config(cfg))
         if getattr(block, "is_supernet", False):
             # one step on every choice index of every cell, so each candidate op has run once
             for c in range(max(block.choices_per_cell)):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .distill import BlockTrainer, OptimConfig, teacher_block
+from .distill import BlockTrainer, optim_config, teacher_block
 from .modes import FP32, Mode
 from .profile_lean import is_oom
 
@@ -53,7 +53,7 @@ class ModeMeasurements:
         """A warmed trainer of student ``i`` in ``mode`` (supernets: one step per choice index)."""
         cfg, block = self.cfg, self.students[i]
         trainer = BlockTrainer(index=i, block=block, last=i == self.n - 1, total_steps=10**6, seed=cfg.seed,
-                               optim=OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay), mode=mode)
+                               optim=optim_config(cfg), mode=mode)
         if getattr(block, "is_supernet", False):
             for c in range(max(block.choices_per_cell)):
                 block.set_path(tuple(min(c, m - 1) for m in block.choices_per_cell))

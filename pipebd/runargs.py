@@ -55,7 +55,9 @@ def add_run_options(p: argparse.ArgumentParser, *, strategy: bool = True) -> Non
     g.add_argument("--steps", type=int, default=d.steps, help="measured steps per block")
     g.add_argument("--warmup", type=int, default=d.warmup, help="untimed warm-up steps per block (trained too)")
     g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--optimizer", default=d.optimizer, choices=("sgd", "adam"),
+                   help="every student block's optimizer: sgd (Nesterov momentum 0.9) or adam (default %(default)s)")
+    g.add_argument("--lr", type=float, default=d.lr, help="peak of the cosine schedule (default %(default)s)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g = p.add_argument_group("strategy layout")
     g.add_argument("--shards", type=int, default=d.shards, help="sequential: ghost shards per batch")
@@ -101,6 +103,8 @@ def add_run_options(p: argparse.ArgumentParser, *, strategy: bool = True) -> Non
     g.add_argument("--tag", default="", help="free text recorded in runs.csv")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     g.add_argument("--no-trace", dest="trace", action="store_false", help="skip events.csv and the Chrome trace")
+    g.add_argument("--save-students", action="store_true",
+                   help="write the final students to OUT/students/RUN_ID.pt (for `python -m pipebd export`)")
     g.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
                    help="import MODULE in every rank (registers extra strategies)")
     g.add_argument("--inject-fault", default=None, metavar="RANK:STEP:raise|kill|hang",

@@ -12,8 +12,10 @@ full build: :class:`pipebd.zoo.BlockOwnership`), runs its strategy, and sends a
 writes ``runs.csv``, ``ranks.csv``, ``events.csv`` and ``trace.json`` under ``--out`` (the
 runner, not the strategy, writes files; the strategy's internals are unknown here). With a data
 source that has a test split (``--data mnist5k``), the ranks also send every block's final student
-weights (as for ``--save-weights``) and rank 0 fills ``student_top1`` / ``teacher_top1`` with
-:func:`pipebd.quality.stitched_top1`, after every timing figure is computed.
+weights (as for ``--save-weights``) and rank 0 fills ``student_top1`` (BatchNorm recalibrated),
+``student_top1_raw`` and ``teacher_top1`` and writes ``block_losses.csv`` (every block's held-out
+loss; per candidate path for a supernet) with :func:`pipebd.quality.assess`, after every timing
+figure is computed.
 
 Every run ends (DESIGN.md §5): :mod:`pipebd.launch` supervises the ranks (heartbeats, grace,
 SIGTERM, SIGKILL, SIGINT/SIGTERM on the launcher: exit code 130) and names the rank that
@@ -48,6 +50,8 @@ from .checkpoint import Checkpointer, set_rng_state
 from .comm import threads_per_rank
 from .config import RunConfig
 from .data import DataSource
+from .export import save_students, students_path
+from .fileio import atomic_write
 from .runtime import RankContext, run_strategy
 from .strategies import get_strategy, import_plugins, uses_schedule
 from .faults import Heartbeat
@@ -278,7 +282,7 @@ def _write_results(cfg: RunConfig, run_id: str, workload, data: DataSource, gath
             raise RuntimeError(f"strategy {cfg.strategy!r} reported no final weights for blocks {missing}")
     if cfg.save_weights:
         os.makedirs(os.path.dirname(os.path.abspath(cfg.save_weights)), exist_ok=True)
-        torch.save({"weights": weights, "paths": paths}, cfg.save_weights)
+        atomic_write(cfg.save_weights, lambda f: torch.save({"weights": weights, "paths": paths}, f), binary=True)
     summary = metrics.summarise(reports, batch_size=cfg.batch_size, steps=cfg.steps, epoch_samples=data.epoch_samples)
     row = {
         "run_id": run_id, "timestamp": _dt.datetime.now().isoformat(timespec="seconds"), "tag": cfg.tag,
@@ -297,12 +301,23 @@ def _write_results(cfg: RunConfig, run_id: str, workload, data: DataSource, gath
     }
     if cfg.ideal_seconds_per_sample is not None:
         row = metrics.with_ideal(row, cfg.ideal_seconds_per_sample * data.epoch_samples)
+    loss_rows = metrics.loss_rows(run_id, row, [g.get("losses", {}) for g in gathered])
     # after training and every figure above: scoring the stitched student changes no timing
-    row["student_top1"], row["teacher_top1"] = quality.stitched_top1(cfg, weights)
+    losses: dict[int, dict[int, float]] = {}
+    for r in loss_rows:
+        losses.setdefault(r["block"], {})[r["step"]] = r["loss"]
+    assessed = quality.assess(cfg, weights, losses)
+    row.update(student_top1=assessed.student_top1, student_top1_raw=assessed.student_top1_raw,
+               teacher_top1=assessed.teacher_top1)
     out = cfg.out
-    metrics.append_rows(os.path.join(out, "losses.csv"), metrics.loss_rows(run_id, row, [g.get("losses", {})
-                                                                                      for g in gathered]),
-                        metrics.LOSS_COLUMNS)
+    if cfg.save_students:
+        save_students(students_path(out, run_id), run_id=run_id, workload=cfg.workload,
+                      options=workload_options(cfg), weights=weights,
+                      metrics={k: row[k] for k in ("student_top1", "student_top1_raw", "teacher_top1")})
+    metrics.append_rows(os.path.join(out, "losses.csv"), loss_rows, metrics.LOSS_COLUMNS)
+    if assessed.blocks:
+        metrics.append_rows(os.path.join(out, "block_losses.csv"),
+                            quality.block_loss_rows(run_id, row, assessed.blocks), quality.BLOCK_LOSS_COLUMNS)
     metrics.append_rows(os.path.join(out, "ranks.csv"), metrics.rank_rows(run_id, row, reports), metrics.RANK_COLUMNS)
     if cfg.trace:
         metrics.append_rows(os.path.join(out, "events.csv"), metrics.event_rows(run_id, reports), metrics.EVENT_COLUMNS)
@@ -313,8 +328,9 @@ def _write_results(cfg: RunConfig, run_id: str, workload, data: DataSource, gath
 
 def _wants_weights(cfg: RunConfig) -> bool:
     """Whether the ranks send rank 0 their blocks' final student weights: to save them
-    (``--save-weights``), or to score the stitched student on a test split (:mod:`pipebd.quality`)."""
-    return bool(cfg.save_weights) or quality.has_test_split(cfg)
+    (``--save-weights``, ``--save-students``), or to score the stitched student on a test split
+    (:mod:`pipebd.quality`)."""
+    return bool(cfg.save_weights) or cfg.save_students or quality.has_test_split(cfg)
 
 
 def _read_run_row(out: str, run_id: str, *, missing_ok: bool = False) -> dict:

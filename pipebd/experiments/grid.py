@@ -69,13 +69,27 @@ def plan_units(prof: ProfileSpec) -> list[Unit]:
 def unit_config(prof: ProfileSpec, unit: Unit, *, out: str, tag: str, profile_csv: str | None = None,
                 ideal_seconds_per_sample: float | None = None) -> RunConfig:
     """The run of ``unit``: the profile's options (and its strategy's), the unit's sizes, the group's
-    cost profile (``profile_csv``) and ideal seconds per sample (the run record carries it)."""
+    cost profile (``profile_csv``) and ideal seconds per sample (the run record carries it). A
+    strategy made for fewer devices than the group's runs on as many as it takes (``sequential``:
+    one; give it ``strategy_options: {sequential: {shards: N}}`` for the N-replica batch split)."""
     w = unit.workload
     kw = dict(prof.options)
     kw.update(prof.strategy_options.get(unit.strategy, {}))
-    return RunConfig(strategy=unit.strategy, devices=unit.devices, batch_size=unit.batch_size,
+    return RunConfig(strategy=unit.strategy, devices=min(unit.devices, _max_devices(unit.strategy)), batch_size=unit.batch_size,
                      steps=unit.steps, warmup=unit.warmup, **w.run_fields(), out=out, tag=tag, quiet=True,
                      profile=profile_csv, ideal_seconds_per_sample=ideal_seconds_per_sample, epochs=unit.epochs, **kw)
+
+
+def _max_devices(strategy: str) -> int:
+    """The most devices ``strategy`` runs on (unbounded for an unregistered one: its run fails as such)."""
+    from ..errors import ConfigError
+    from ..strategies import get_strategy
+
+    try:
+        limit = get_strategy(strategy).max_devices
+    except ConfigError:  # unknown here: its run records the error
+        return 1 << 30
+    return limit if limit is not None else 1 << 30
 
 
 def _group_config(prof: ProfileSpec, w: WorkloadSpec, batch: int, devices: int) -> RunConfig:

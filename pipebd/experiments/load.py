@@ -14,6 +14,7 @@ from typing import get_type_hints
 
 from ..config import RunConfig
 from ..options import workload_sizes
+from ..zoo.mnist import MNIST_WORKLOADS as TRAINABLE_TEACHERS
 from .spec import (COSTS, EXPERIMENTS_DIR, GRID_FIELDS, MIN_NAS_WARMUP, PROFILES, Experiment, ExperimentError, _build,
                    _coerce, _keys)
 
@@ -147,7 +148,8 @@ def validate_experiment(exp: Experiment) -> None:
             for v in getattr(prof, key):
                 if v < 1:
                     raise ExperimentError(f"{at}.{key}: every value must be >= 1, got {v}")
-        for key, low in (("steps", 1), ("warmup", 0), ("repeats", 1), ("profile_steps", 1), ("profile_warmup", 0)):
+        for key, low in (("steps", 1), ("warmup", 0), ("repeats", 1), ("profile_steps", 1), ("profile_warmup", 0),
+                         ("teacher_epochs", 0)):
             if getattr(prof, key) < low:
                 raise ExperimentError(f"{at}.{key}: must be >= {low}, got {getattr(prof, key)}")
         if len(set(prof.strategies)) != len(prof.strategies):
@@ -171,6 +173,9 @@ def validate_experiment(exp: Experiment) -> None:
                 raise ExperimentError(f"{wat}.resolution: must be >= 8 pixels, got {w.resolution}")
             if w.width_mult <= 0:
                 raise ExperimentError(f"{wat}.width_mult: must be > 0, got {w.width_mult}")
+            if prof.teacher_epochs and w.teacher_weights is None and canonical_name(w.name) not in TRAINABLE_TEACHERS:
+                raise ExperimentError(f"{wat}: teacher_epochs trains the teacher of {', '.join(TRAINABLE_TEACHERS)} "
+                                      f"only, not of {w.name}; give it teacher_weights: PATH or drop teacher_epochs")
             steps = w.steps if w.steps is not None else prof.steps
             warmup = w.warmup if w.warmup is not None else prof.warmup
             if steps < 1 or warmup < 0:

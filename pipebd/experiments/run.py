@@ -20,7 +20,7 @@ from .grid import (Unit, _canon, _canon_or_same, _group_config, _groups, input_r
                    unit_config)
 from .journal import (_journal, _journal_row, _not_ok, _prepare_dir, _purge, _read_csv, _settings, _write_table,
                       experiment_dir)
-from .spec import DEFAULT_MAX_RERUNS, DEFAULT_PROFILE, Experiment, ExperimentError, WorkloadSpec
+from .spec import DEFAULT_MAX_RERUNS, DEFAULT_PROFILE, Experiment, ExperimentError, ProfileSpec, WorkloadSpec
 from .tables import (SCHEDULE_COLUMNS, SIMULATE_COLUMNS, _schedule_rows, _simulate_rows, group_costs,
                      ideal_seconds_per_sample, profile_name)
 
@@ -153,6 +153,37 @@ def _rerun_noisy(d, prof, exp, w, b, n, gcfg, csv_path, max_reruns: int, eta: Et
         rounds += 1
 
 
+def _with_teachers(prof: ProfileSpec, d: str, say) -> ProfileSpec:
+    """``prof`` with every workload's ``teacher_weights`` set to the teacher trained for it when the
+    profile asks (``teacher_epochs`` > 0): as ``python -m pipebd teacher`` (:mod:`pipebd.teacher_training`)
+    on the training split, once per teacher, into ``d`` (kept until ``--force``; a file there is a
+    finished one: the command writes it atomically). A workload that names its own file keeps it."""
+    if not prof.teacher_epochs:
+        return prof
+    import dataclasses
+
+    from .. import teacher_training
+    from ..errors import ConfigError
+
+    workloads = []
+    for w in prof.workloads:
+        if w.teacher_weights is None:
+            # compress-mnist and nas-mnist share one teacher (pipebd.zoo.mnist.mnist_teacher): one file
+            path = os.path.join(d, f"teacher-mnist-w{w.width_mult:g}-e{prof.teacher_epochs}.pt")
+            if not os.path.exists(path):
+                args = teacher_training.teacher_args(w.name, path, epochs=prof.teacher_epochs, width_mult=w.width_mult,
+                                                     seed=prof.options.get("seed", 0))
+                try:
+                    r = teacher_training.train_teacher(args)
+                except ConfigError as e:
+                    raise ExperimentError(f"training the teacher of {w.name}: {e}") from None
+                say(f"  teacher of {w.name}: {r.epochs} epoch(s) in {r.seconds:.1f} s, test top-1 "
+                    f"{r.test_top1:.2%} -> {path}")
+            w = dataclasses.replace(w, teacher_weights=path)
+        workloads.append(w)
+    return dataclasses.replace(prof, workloads=tuple(workloads))
+
+
 def run_experiment(exp: Experiment, profile: str = DEFAULT_PROFILE, *, results_root: str = "results",
                    force: bool = False, say: Callable[[str], None] = print, max_reruns: int = DEFAULT_MAX_RERUNS,
                    eta: Eta | None = None) -> ExperimentOutcome:
@@ -176,6 +207,7 @@ def run_experiment(exp: Experiment, profile: str = DEFAULT_PROFILE, *, results_r
     _prepare_dir(d, settings, force=force, say=say)
     done, interrupted = _journal(d)
     _purge(d, interrupted, say)
+    prof = _with_teachers(prof, d, say)
     units = plan_units(prof)
     todo = _not_ok(units, done)
     if eta is None:

@@ -42,6 +42,9 @@ key and what is allowed)::
         simulate_devices: [1, 2, 4, 8, 16]   # write simulate.csv: every strategy predicted on these
         plan_devices: [1, 2, 4, 8, 16]       # write schedules.csv: the ahd plan for these
         epochs: [1, 2, 4, 8]         #   --epochs of every run (a grid dimension) and of simulate.csv
+        teacher_epochs: 6            #   train each workload's teacher first (python -m pipebd teacher,
+                                     #   real data: mnist5k) into the results dir; every run distils it
+                                     #   (a workload's own teacher_weights: PATH is used as given)
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ MIN_NAS_WARMUP = 8
 COSTS = ("profile", "estimate", "none")
 #: RunConfig fields the experiment grid sets itself (not allowed under ``options``).
 GRID_FIELDS = frozenset({"workload", "strategy", "devices", "batch_size", "steps", "warmup", "resolution",
-                         "width_mult", "num_classes", "seq_len", "layers_per_block", "candidates", "out", "tag", "quiet", "profile", "save_weights",
+                         "width_mult", "num_classes", "seq_len", "layers_per_block", "candidates", "teacher_weights", "out", "tag", "quiet", "profile", "save_weights",
                          "block_shards", "inject_fault", "resume", "ideal_seconds_per_sample", "extra"})
 
 
@@ -94,6 +97,9 @@ class WorkloadSpec:
     seq_len: int | None = None
     layers_per_block: int = 1
     candidates: str | None = None
+    # a teacher state_dict (--teacher-weights); with the profile's teacher_epochs, the one trained
+    # for the experiment (not part of the key: the same runs, whichever file holds the teacher)
+    teacher_weights: str | None = None
 
     @property
     def key(self) -> str:
@@ -109,7 +115,7 @@ class WorkloadSpec:
         """The RunConfig fields this spec sets (the grid's sizes of the workload)."""
         return dict(workload=self.name, resolution=self.resolution, width_mult=self.width_mult,
                     num_classes=self.num_classes, seq_len=self.seq_len, layers_per_block=self.layers_per_block,
-                    candidates=self.candidates)
+                    candidates=self.candidates, teacher_weights=self.teacher_weights)
 
     def options(self):
         """The zoo's options of this spec's sizes."""
@@ -149,6 +155,7 @@ class ProfileSpec:
     simulate_devices: tuple[int, ...] = ()
     plan_devices: tuple[int, ...] = ()
     epochs: tuple[int, ...] = (1,)  # --epochs of the runs (and simulations): cache pays its teacher pass once in E
+    teacher_epochs: int = 0  # > 0: train each workload's teacher first (python -m pipebd teacher) and distil from it
     notes: str = ""
 
 

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from ..config import RunConfig
 from ..data import DataSource
-from ..distill import BlockTrainer, OptimConfig
+from ..distill import BlockTrainer, optim_config
 from ..faults import parse_fault
 from ..modes import FP32, Mode
 from ..recorder import Recorder
@@ -55,7 +55,7 @@ class RankContext:
         t = BlockTrainer(
             index=block, block=self.workload.student[block].to(self.device),
             last=block == self.workload.num_blocks - 1, total_steps=cfg.total_steps, seed=cfg.seed,
-            optim=OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay), mode=mode,
+            optim=optim_config(cfg), mode=mode,
         )
         saved = (self.resume_state or {}).get("trainers", {}).get(block)
         if saved is not None:

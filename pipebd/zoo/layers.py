@@ -149,24 +149,30 @@ def sample_path(block: nn.Module, *, seed: int, block_index: int, step: int) -> 
     return tuple(int(torch.randint(n, (1,), generator=g, device="cpu")) for n in block.choices_per_cell)
 
 
-def depthwise_separable(block: nn.Module) -> nn.Module:
+def depthwise_separable(block: nn.Module, *, full_below: int = 0) -> nn.Module:
     """A copy of ``block`` with every 3×3 convolution replaced by a depthwise-separable one.
 
     Each ``Conv2d(cin, cout, 3, stride)`` becomes depthwise 3×3 (stride kept) + BN + ReLU +
     pointwise 1×1; every other layer (and its weights) is copied from the teacher, so shapes
-    match the teacher at the block boundary.
+    match the teacher at the block boundary. A convolution with fewer than ``full_below`` input
+    channels stays the teacher's full convolution (copied with its weights, then trained): a depthwise 3×3 on
+    one or two channels is a rank-one bottleneck (every output channel a scaled copy of one
+    filtered image), which is why MobileNet keeps its first layer a full convolution (Howard et
+    al. 2017, Table 1). The default (0) separates every 3×3 convolution.
     """
     student = copy.deepcopy(block)
-    _replace_3x3(student)
+    _replace_3x3(student, full_below)
     student.train()
     student.requires_grad_(True)
     return student
 
 
-def _replace_3x3(module: nn.Module) -> None:
+def _replace_3x3(module: nn.Module, full_below: int) -> None:
     for name, child in module.named_children():
         if isinstance(child, nn.Conv2d) and child.kernel_size == (3, 3) and child.groups == 1:
             cin, cout = child.in_channels, child.out_channels
+            if cin < full_below:
+                continue
             setattr(module, name, nn.Sequential(
                 nn.Conv2d(cin, cin, 3, child.stride, child.padding, dilation=child.dilation, groups=cin, bias=False),
                 nn.BatchNorm2d(cin),
@@ -174,4 +180,4 @@ def _replace_3x3(module: nn.Module) -> None:
                 nn.Conv2d(cin, cout, 1, bias=child.bias is not None),
             ))
         else:
-            _replace_3x3(child)
+            _replace_3x3(child, full_below)

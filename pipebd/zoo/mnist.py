@@ -12,7 +12,8 @@ The full teacher is one ``nn.Sequential`` of the 5 blocks (:func:`mnist_teacher`
 one ``--teacher-weights`` loads with strict keys into either workload.
 
 - ``compress-mnist``: each student block is the teacher block with every 3×3 convolution
-  depthwise-separable (Blakeney et al. 2021; :func:`~pipebd.zoo.layers.depthwise_separable`).
+  depthwise-separable (Blakeney et al. 2021; :func:`~pipebd.zoo.layers.depthwise_separable`) but
+  the first, on the one grey channel, which stays full as MobileNet's first layer does.
 - ``nas-mnist``: each student block is a ProxylessNAS-style supernet stage (DNA, Li et al. 2020;
   :class:`~pipebd.zoo.layers.SupernetBlock`: MBConv kernel {3, 5, 7} × expansion {3, 6}, plus Zero on
   every cell but a stage's first) with 2, 2, 2, 2, 1 cells; a 3×3 stem joins block 0 and the
@@ -73,7 +74,7 @@ def _workload(name: str, options: WorkloadOptions, teacher: list[nn.Module], stu
                    "5 blocks, 1x28x28 (--data mnist5k)")
 def compress_mnist(options: WorkloadOptions) -> Workload:
     teacher = _teacher_blocks(options, "compress-mnist")
-    return _workload("compress-mnist", options, teacher, [depthwise_separable(b) for b in teacher])
+    return _workload("compress-mnist", options, teacher, [depthwise_separable(b, full_below=4) for b in teacher])
 
 
 @register_workload("nas-mnist", description="VGG-style CNN teacher (0.32 M), ProxylessNAS supernet student, "

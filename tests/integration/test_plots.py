@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.unit.test_plots import FAILED_ID, ROOT, SCRIPTS, _png_ok, build_fixture
+from tests.unit.test_plots import EXTRA_ARGS, FAILED_ID, ROOT, SCRIPTS, _png_ok, build_fixture
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def test_scripts_run_from_the_command_line_without_torch(fixture_dirs, tmp_path)
     """``python plots/X.py DIR -o out.png`` works from any directory and never imports torch."""
     code = (
         "import runpy, sys\n"
-        f"for name, extra in {[(s, ['--workload', 'nas-cifar10'] if s == 'timeline' else []) for s in SCRIPTS]!r}:\n"
+        f"for name, extra in {[(s, EXTRA_ARGS.get(s, [])) for s in SCRIPTS]!r}:\n"
         f"    sys.argv = [name + '.py', {fixture_dirs[0]!r}, '-o', {str(tmp_path)!r} + '/' + name + '.png', *extra]\n"
         "    try:\n"
         f"        runpy.run_path({ROOT!r} + '/plots/' + name + '.py', run_name='__main__')\n"

@@ -47,6 +47,47 @@ def test_shipped_experiment_validates_for_both_profiles(path):
             assert max(prof.devices) <= 2, "this machine has 2 cores: at most 2 ranks of 1 thread"
 
 
+def test_quality_and_search_distil_a_trained_teacher_on_real_digits_with_every_strategy():
+    from pipebd.experiments.grid import unit_config
+
+    quality = load_experiment(os.path.join(EXPERIMENTS_DIR, "quality.yaml")).profile("cpu")
+    assert set(quality.strategies) == {"sequential", "dp", "ls", "tr", "tr-dpu", "ahd"}
+    assert quality.teacher_epochs > 0 and quality.options["data"] == "mnist5k" and quality.options["save_students"]
+    cfgs = {u.strategy: unit_config(quality, u, out="o", tag="t") for u in plan_units(quality)}
+    assert cfgs["sequential"].devices == 1 and cfgs["sequential"].shards == 2  # the reference runs on 1 rank
+    assert {c.devices for s, c in cfgs.items() if s != "sequential"} == {2}
+    search = load_experiment(os.path.join(EXPERIMENTS_DIR, "search.yaml")).profile("cpu")
+    assert [w.name for w in search.workloads] == ["nas-mnist"] and "sequential" in search.strategies
+
+
+def test_a_profile_with_teacher_epochs_trains_each_teacher_once_and_every_run_loads_it(tmp_path, monkeypatch):
+    import dataclasses
+
+    from pipebd import teacher_training as teacher
+    from pipebd.experiments.grid import unit_config
+    from pipebd.experiments.run import _with_teachers
+
+    trained = []
+
+    def fake_train(args):  # the command itself is tested in tests/unit/test_mnist.py; here: the wiring
+        trained.append((args.workload, args.epochs, args.out))
+        open(args.out, "wb").close()
+        return teacher.TeacherResult(args.workload, args.out, args.epochs, 1, 1, 0.1, 0.1, 0.9)
+
+    monkeypatch.setattr(teacher, "train_teacher", fake_train)
+    prof = load_experiment(os.path.join(EXPERIMENTS_DIR, "search.yaml")).profile("cpu")
+    prof = dataclasses.replace(prof, workloads=prof.workloads + (dataclasses.replace(prof.workloads[0], name="compress-mnist"),))
+    said = []
+    got = _with_teachers(prof, str(tmp_path), said.append)
+    path = str(tmp_path / f"teacher-mnist-w1-e{prof.teacher_epochs}.pt")
+    assert trained == [("nas-mnist", prof.teacher_epochs, path)]  # one teacher file for both workloads
+    assert {w.teacher_weights for w in got.workloads} == {path} and "test top-1 90.00%" in said[0]
+    assert {unit_config(got, u, out="o", tag="t").teacher_weights for u in plan_units(got)} == {path}
+    assert [u.key for u in plan_units(got)] == [u.key for u in plan_units(prof)]  # the file is not in the key
+    assert _with_teachers(dataclasses.replace(prof, teacher_epochs=0), str(tmp_path), said.append) is not None
+    assert len(trained) == 1
+
+
 def test_all_experiments_load_together_in_run_order():
     exps = load_experiments()
     assert list(exps)[0] == "speedup"  # memory reads the speedup results, so it must run first
@@ -140,6 +181,9 @@ def _write(tmp_path, text: str, name: str = "tinyexp") -> str:
     ("workloads: [tiny]", "workloads: [tiny-nas]", ["tiny-nas is a NAS workload", f"warmup >= {MIN_NAS_WARMUP}"]),
     ("    costs: estimate\n", "    costs: guess\n", ["profiles.cpu.costs", "profile, estimate, none"]),
     ("    batch_sizes: [8]\n", "    batch_sizes: [1]\n", ["batch size 1 is smaller than 2 devices"]),
+    ("    repeats: 1\n", "    repeats: 1\n    teacher_epochs: 3\n",
+     ["profiles.cpu.workloads[0]", "teacher_epochs trains the teacher of compress-mnist, nas-mnist only, not of tiny"]),
+    ("    repeats: 1\n", "    repeats: 1\n    teacher_epochs: -1\n", ["profiles.cpu.teacher_epochs: must be >= 0"]),
 ])
 def test_bad_configs_name_file_key_and_allowed(tmp_path, old, new, expect):
     assert old in GOOD

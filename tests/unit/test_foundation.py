@@ -259,6 +259,34 @@ def test_ghost_shards_match_data_parallel_numerics(batch, last):
     assert max(float((a.detach() - b).abs().max()) for a, b in zip(whole.parameters(), want)) > 1e-4
 
 
+def test_adam_is_the_optimizer_a_run_asks_for_and_its_first_step_is_the_textbook_one():
+    """``--optimizer adam`` (Kingma & Ba 2015): the first step moves every parameter by lr * g / (|g| + eps)
+    (bias-corrected moments of one gradient), g including the L2 weight decay; the cosine schedule applies."""
+    import copy
+
+    from pipebd.config import RunConfig
+    from pipebd.distill import optim_config
+
+    cfg = RunConfig(optimizer="adam", lr=0.01, weight_decay=1e-3)
+    optim = optim_config(cfg)
+    assert (optim.name, optim.lr, optim.weight_decay) == ("adam", 0.01, 1e-3)
+    assert optim_config(RunConfig()).name == "sgd"
+    blk = _ghost_block(False)
+    x, y = torch.randn(6, 3, 6, 6), torch.randn(6, 4, 6, 6)
+    trainer = BlockTrainer(0, copy.deepcopy(blk), False, 5, 0, optim=optim)
+    assert isinstance(trainer.optimizer, torch.optim.Adam)
+    ref = copy.deepcopy(blk)
+    loss = ((ref(x) - y) ** 2).mean()
+    grads = torch.autograd.grad(loss, list(ref.parameters()))
+    trainer.train_step(0, x, y)
+    with torch.no_grad():
+        for got, p, g in zip(trainer.block.parameters(), ref.parameters(), grads):
+            g = g + 1e-3 * p
+            torch.testing.assert_close(got, p - 0.01 * g / (g.abs() + 1e-8), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown optimizer 'lbfgs'; known: sgd, adam"):
+        OptimConfig(name="lbfgs").build(blk.parameters())
+
+
 def test_shard_sizes_split_evenly_larger_first():
     assert shard_sizes(10, 3) == [4, 3, 3]
     assert shard_sizes(7, 2) == [4, 3]

@@ -19,7 +19,8 @@ LAYERS = {
     "pipebd.errors": 0, "pipebd.fileio": 0,
     "pipebd.config": 1, "pipebd.plan": 1, "pipebd.costfit": 1, "pipebd.runargs": 1, "pipebd.modes": 1,
     "pipebd.zoo": 2, "pipebd.data": 2, "pipebd.data_tokens": 2,
-    "pipebd.data_mnist": 2, "pipebd.evaluate": 2, "pipebd.quality": 2, "pipebd.distill": 2, "pipebd.schedule": 2, "pipebd.costmodel": 2,
+    "pipebd.data_mnist": 2, "pipebd.evaluate": 2, "pipebd.quality": 2, "pipebd.search": 2, "pipebd.export": 2,
+    "pipebd.teacher_training": 2, "pipebd.distill": 2, "pipebd.schedule": 2, "pipebd.costmodel": 2,
     "pipebd.costs": 2, "pipebd.options": 2, "pipebd.derived": 2, "pipebd.progress": 2,
     "pipebd.smollm2": 1,
     "pipebd.planner": 3,
@@ -33,8 +34,9 @@ LAYERS = {
     "pipebd.commands": 8, "pipebd.bench": 8,
     "pipebd.cli": 9, "pipebd.__main__": 9,
 }
-#: the root package itself (empty; matched exactly, never as a prefix)
-EXACT = {"pipebd": 0, "baselines": 4}
+#: the root packages themselves (matched exactly, never as a prefix): pipebd's is the public facade
+#: (``pipebd.load_student``), above every module it may reach, imported by none of them
+EXACT = {"pipebd": 9, "baselines": 4}
 
 
 def layer_of(module: str) -> int | None:
@@ -71,7 +73,8 @@ def _imports(module: str, path: str, is_pkg: bool):
                 name = ".".join(base + ([node.module] if node.module else []))
             else:
                 name = node.module or ""
-            yield name, node.lineno
+            if node.module or not node.level:  # `from .. import x` imports module x, not the package
+                yield name, node.lineno
             for a in node.names:  # `from . import x` names a module
                 yield f"{name}.{a.name}", node.lineno
 

@@ -17,7 +17,9 @@ from pipebd import metrics
 from pipebd.metrics import RankReport
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPTS = ["speedup", "breakdown", "memory", "timeline", "scaling"]
+SCRIPTS = ["speedup", "breakdown", "memory", "timeline", "scaling", "epochs", "quality", "search"]
+#: Arguments a script needs beyond RESULTS_DIR -o PNG
+EXTRA_ARGS = {"timeline": ["--workload", "nas-cifar10"], "quality": ["--figure", "time"]}
 FAILED_ID = "fixture-failed-ahd"
 U = 0.01  # seconds per unit of simulated work
 
@@ -300,7 +302,78 @@ def test_empty_or_missing_dir_writes_a_note_not_a_crash(name, tmp_path, capsys):
 
     mod = importlib.import_module(f"plots.{name}")
     out = tmp_path / f"{name}.png"
-    extra = ["--workload", "nas-cifar10"] if name == "timeline" else []
+    extra = EXTRA_ARGS.get(name, [])
     assert mod.main([str(tmp_path / "nothing-here"), "-o", str(out), *extra]) == 0
     assert out.exists() and out.stat().st_size > 0
     assert "note:" in capsys.readouterr().err
+
+
+# ---- the quality and search experiments' figures ----------------------------------------------------------------
+
+def _quality_fixture(root: str) -> str:
+    """sequential, dp and tr-dpu on 4 blocks: top-1 figures, losses falling with the step (the same per step for
+    every strategy) and update events on each run's clock (tr-dpu twice as fast as sequential)."""
+    out = os.path.join(root, "quality")
+    steps = range(1, 5)
+    sims = {"sequential": _dp(steps, 4, 2.0), "dp": _dp(steps, 4, 1.5), "tr-dpu": _pipe(steps, [[0, 1], [2, 3]], 1.0, False)}
+    for strat, sim in sims.items():
+        _write_run(out, f"q-{strat}", "compress-mnist", strat, sim.reports(100.0), batch=64, steps=len(steps),
+                   devices=1 if strat == "sequential" else 2)
+        rows = [{"run_id": f"q-{strat}", "block": b, "step": s, "loss": 1.0 / s + 0.1 * b} for b in range(4) for s in steps]
+        metrics.append_rows(os.path.join(out, "losses.csv"), [dict(r, workload="compress-mnist", strategy=strat,
+                                                                   devices=2, modes="") for r in rows],
+                            metrics.LOSS_COLUMNS)
+    runs = pd.read_csv(os.path.join(out, "runs.csv"))
+    runs["student_top1"] = [0.967, 0.967, 0.966]
+    runs["student_top1_raw"] = [0.954, 0.946, 0.954]
+    runs["teacher_top1"] = 0.983
+    runs.to_csv(os.path.join(out, "runs.csv"), index=False)
+    return out
+
+
+def test_quality_figures_top1_loss_against_steps_and_time_to_target(tmp_path, capsys):
+    from plots import quality
+
+    d = _quality_fixture(str(tmp_path))
+    for figure in ("top1", "steps", "time"):
+        out = tmp_path / f"q-{figure}.png"
+        assert quality.main([d, "-o", str(out), "--figure", figure, "--smooth", "1"]) == 0
+        _png_ok(out)
+    text = capsys.readouterr().out
+    assert "96.70" in text and "95.40" in text and "98.30" in text  # the top-1 table, in percent
+    assert "every block" in text
+    runs, _, events = __import__("plots._common", fromlist=["load"]).load([d])
+    curves = quality.smoothed_losses(pd.read_csv(os.path.join(d, "losses.csv")), runs["run_id"], 1)
+    curves = curves.merge(quality.step_times(events), on=["run_id", "block", "step"], how="left")
+    hits = quality.time_to_target(curves, runs, 0.10)
+    # every strategy reaches sequential's final loss (step 4) at its own step-4 update of that block
+    t = quality.step_times(events)
+    for strat in ("sequential", "dp", "tr-dpu"):
+        want = float(t[(t.run_id == f"q-{strat}") & (t.block == 2) & (t.step == 4)]["t"].iloc[0])
+        got = float(hits[(hits.strategy == strat) & (hits.block == 2)]["time_s"].iloc[0])
+        assert got == pytest.approx(want)
+    seq = hits[hits.strategy == "sequential"]["time_s"].max()
+    assert hits[hits.strategy == "tr-dpu"]["time_s"].max() < seq  # faster to quality
+
+
+def test_search_figure_prints_each_strategys_architecture_and_tau(tmp_path, capsys):
+    from plots import search
+
+    d = _quality_fixture(str(tmp_path))
+    rows = []
+    for rid, noise in (("q-sequential", 0.0), ("q-dp", 0.05), ("q-tr-dpu", 0.0)):
+        for b in range(2):
+            for c in range(4):
+                loss = 1.0 / (c + 1) + b + (noise if c == 1 else 0.0) * (1 if rid == "q-dp" else 0) * 10
+                rows.append({"run_id": rid, "workload": "compress-mnist", "strategy": rid[2:], "devices": 2, "modes": "",
+                             "block": b, "path": f"k{c}", "choices": str(c), "params": 10 * (c + 1),
+                             "heldout_loss": loss, "final_train_loss": ""})
+    pd.DataFrame(rows).to_csv(os.path.join(d, "block_losses.csv"), index=False)
+    out = tmp_path / "search.png"
+    assert search.main([d, "-o", str(out), "--budget", "60"]) == 0
+    _png_ok(out)
+    text = capsys.readouterr().out
+    assert "k2 | k2" in text  # within 60 parameters: 0.333 + 0.333 beats k3 | k1's 0.25 + 0.5
+    lines = {l.split()[0]: l for l in text.splitlines() if l.strip() and l.split()[0] in ("sequential", "dp", "tr-dpu")}
+    assert " 1 " in lines["tr-dpu"] + " " and " 1 " in lines["sequential"] + " "
+    assert " 1 " not in lines["dp"] + " "  # dp's ranking differs: tau < 1

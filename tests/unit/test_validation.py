@@ -293,6 +293,18 @@ def test_resolution_probe_runs_on_the_meta_device(tmp_path, monkeypatch):
     assert devices == ["meta"]  # shapes only: no memory, no compute before spawn
 
 
+def test_an_unknown_optimizer_is_refused_by_the_parser(cli, capsys):
+    with pytest.raises(SystemExit) as e:  # argparse's choices: exit 2 with the usage line
+        cli("--optimizer", "lbfgs")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "invalid choice: 'lbfgs'" in err and "'sgd', 'adam'" in err
+
+
+def test_an_unknown_optimizer_in_a_config_is_refused_before_spawning(tmp_path):
+    with pytest.raises(ConfigError, match="--optimizer 'lbfgs' is not known; use one of: sgd, adam"):
+        validate(RunConfig(workload="tiny", optimizer="lbfgs", out=str(tmp_path)))
+
+
 @pytest.mark.parametrize("lr", ["0", "-0.1", "nan"])
 def test_learning_rate_must_be_positive(cli, lr):
     rc, err = cli("--lr", lr)
