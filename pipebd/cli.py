@@ -22,7 +22,8 @@ __all__ = ["main", "add_run_options", "config_from_args", "COMMAND_MODULES"]
 #: Modules that add subcommands (each defines ``add_cli(subparsers)``).
 COMMAND_MODULES = ["pipebd.verify", "pipebd.commands.simulate", "pipebd.commands.plan", "pipebd.commands.schedule",
                    "pipebd.profiler", "pipebd.experiments", "pipebd.bench", "pipebd.commands.precision",
-                   "pipebd.commands.perplexity", "pipebd.commands.teacher", "pipebd.search", "pipebd.export"]
+                   "pipebd.commands.perplexity", "pipebd.commands.teacher", "pipebd.search", "pipebd.export",
+                   "pipebd.assembly"]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

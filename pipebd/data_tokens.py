@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from .errors import DataError
 from .fileio import atomic_write_bytes
 
-__all__ = ["SyntheticTokens", "TextTokens", "TOKENIZERS", "resolve_text_root", "text_files"]
+__all__ = ["SyntheticTokens", "TextTokens", "TOKENIZERS", "resolve_text_root", "text_files", "encode_text"]
 
 TOKENIZERS = ("bytes", "smollm2")
 _TOKEN_SALT = 0x70CE_5EED
@@ -86,7 +86,8 @@ def text_files(root: str) -> list[str]:
     return found
 
 
-def _encode(text: str, tokenizer: str) -> list[int]:
+def encode_text(text: str, tokenizer: str) -> list[int]:
+    """Token ids of ``text``: its UTF-8 bytes, or the SmolLM2 tokenizer's ids (no special tokens)."""
     if tokenizer == "bytes":
         return list(text.encode("utf-8"))
     from . import smollm2
@@ -129,7 +130,7 @@ class TextTokens(Dataset):
         want = None if limit is None else limit * self.seq_len
         for f in files:
             with open(f, encoding="utf-8", errors="replace") as fh:
-                ids += _encode(fh.read(), self.tokenizer)
+                ids += encode_text(fh.read(), self.tokenizer)
             if want is not None and len(ids) >= want:
                 break
         t = torch.tensor(ids, dtype=torch.int64)

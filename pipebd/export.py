@@ -12,6 +12,8 @@ Three steps, each its own function:
    path per supernet block, where it came from and its parameter count). A NAS supernet is exported
    as the architecture the search picks (:mod:`pipebd.search`: every block's paths rated by held-out
    loss, best under ``--budget``), or the paths given with ``--paths``; only the chosen ops are kept.
+   A decoder run (``llm-*``, a library of candidates per block) is exported as the student
+   :mod:`pipebd.assembly` assembles under ``--budget`` (one candidate per block).
 3. :func:`load_student` (``pipebd.load_student(DIR)``) — rebuilds that network as a plain
    ``torch.nn.Sequential`` of plain modules (no trainer, optimizer or harness state) and loads the
    weights with a strict key match. Call ``.eval()`` before inference.
@@ -48,12 +50,14 @@ def students_path(out: str, run_id: str) -> str:
 def save_students(path: str, *, run_id: str, workload: str, options, weights: Mapping[int, Mapping[str, torch.Tensor]],
                   metrics: Mapping[str, float | None] | None = None) -> None:
     """Write every block's final student ``state_dict`` and the workload options that rebuild the
-    blocks (without ``teacher_weights``: the students' weights are all there is to load) to ``path``,
+    blocks (without ``teacher_weights``: the students' weights are all there is to load; the
+    teacher's file is recorded beside them, for ``assemble``'s comparison) to ``path``,
     atomically (a half-written file is never read)."""
     from .fileio import atomic_write
 
     opts = dataclasses.asdict(dataclasses.replace(options, teacher_weights=None))
     payload = {"format": STUDENTS_FORMAT, "run_id": run_id, "workload": workload, "options": opts,
+               "teacher_weights": options.teacher_weights,  # what `assemble` compares with (not exported)
                "weights": {int(i): dict(w) for i, w in weights.items()}, "metrics": dict(metrics or {})}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write(path, lambda f: torch.save(payload, f), binary=True)
@@ -72,11 +76,33 @@ def read_students(run: str, results: str = "results") -> dict:
     return payload
 
 
-def _build_students(workload: str, options: Mapping) -> list[nn.Module]:
+def _build(workload: str, options: Mapping, teacher_weights: str | None = None):
     from .zoo import WorkloadOptions, build_workload
 
-    wl = build_workload(workload, WorkloadOptions(**dict(options)))
-    return list(wl.student)
+    return build_workload(workload, WorkloadOptions(**{**dict(options), "teacher_weights": teacher_weights}))
+
+
+def _assembled(payload: dict, workload, budget: float | None) -> tuple[nn.Module, list, dict]:
+    """A decoder run's student: one candidate per block (:mod:`pipebd.assembly`) under ``budget``
+    (a fraction of the teacher's decoder parameters), rated on the default held-out text with the
+    run's teacher (rebuilt from the file the students record)."""
+    from . import assembly
+
+    if budget is None or not 0 < budget <= 1:
+        raise ConfigError(f"{payload['workload']} holds a library of candidates per block: give --budget F "
+                          f"(0 < F <= 1 of the teacher's decoder parameters) to export the assembled student")
+    teacher = payload.get("teacher_weights")
+    rated = _build(payload["workload"], payload["options"], teacher)
+    for i, library in enumerate(rated.student):
+        library.load_state_dict(payload["weights"][i], strict=True)
+    tokenizer = "smollm2" if teacher == "smollm2" else "bytes"
+    windows = assembly.text_windows(assembly.default_text(), rated.input_shape[0], tokenizer, limit=32)
+    table = assembly.candidate_table(rated, windows)
+    full = sum(assembly.decoder_params(t) for t in rated.teacher)
+    choice, loss, _cost = assembly.choose(table, budget * full)
+    net = assembly.AssembledLM(workload, choice)
+    return net, [None] * len(choice), {"chosen_by": "assemble", "budget": budget, "choice": choice,
+                                       "candidates": net.names, "summed_heldout_loss": loss}
 
 
 def _fixed(block: nn.Module, path: Sequence[int] | None) -> nn.Module:
@@ -124,13 +150,17 @@ def export_student(run: str, out_dir: str, *, results: str = "results", paths: S
     from .fileio import atomic_write_text
 
     payload = read_students(run, results)
-    blocks = _build_students(payload["workload"], payload["options"])
+    workload = _build(payload["workload"], payload["options"])
+    blocks = list(workload.student)
     for i, block in enumerate(blocks):
         if i not in payload["weights"]:
             raise ConfigError(f"{payload['path']} has no weights for block {i}")
         block.load_state_dict(payload["weights"][i], strict=True)
-    chosen, how = _architecture_paths(payload, blocks, paths=paths, budget=budget)
-    net = stitch(blocks, chosen)
+    if payload["workload"].startswith("llm-"):
+        net, chosen, how = _assembled(payload, workload, budget)
+    else:
+        chosen, how = _architecture_paths(payload, blocks, paths=paths, budget=budget)
+        net = stitch(blocks, chosen)
     spec = {"format": EXPORT_FORMAT, "workload": payload["workload"], "options": payload["options"],
             "paths": [None if p is None else [int(c) for c in p] for p in chosen],
             "parameters": sum(p.numel() for p in net.parameters()), "source_run": payload["run_id"],
@@ -156,7 +186,13 @@ def load_student(directory: str) -> nn.Sequential:
         spec = json.load(f)
     if spec.get("format") != EXPORT_FORMAT:
         raise ValueError(f"{spec_path}: format {spec.get('format')!r}, expected {EXPORT_FORMAT!r}")
-    net = stitch(_build_students(spec["workload"], spec["options"]), spec["paths"])
+    workload = _build(spec["workload"], spec["options"])
+    if "choice" in spec:  # an assembled decoder student
+        from .assembly import AssembledLM
+
+        net = AssembledLM(workload, spec["choice"])
+    else:
+        net = stitch(list(workload.student), spec["paths"])
     net.load_state_dict(load_file(os.path.join(directory, WEIGHTS_FILE)), strict=True)
     return net
 

@@ -19,7 +19,7 @@ LAYERS = {
     "pipebd.errors": 0, "pipebd.fileio": 0,
     "pipebd.config": 1, "pipebd.plan": 1, "pipebd.costfit": 1, "pipebd.runargs": 1, "pipebd.modes": 1,
     "pipebd.zoo": 2, "pipebd.data": 2, "pipebd.data_tokens": 2,
-    "pipebd.data_mnist": 2, "pipebd.evaluate": 2, "pipebd.quality": 2, "pipebd.search": 2, "pipebd.export": 2,
+    "pipebd.data_mnist": 2, "pipebd.evaluate": 2, "pipebd.quality": 2, "pipebd.search": 2, "pipebd.export": 2, "pipebd.assembly": 2,
     "pipebd.teacher_training": 2, "pipebd.distill": 2, "pipebd.schedule": 2, "pipebd.costmodel": 2,
     "pipebd.costs": 2, "pipebd.options": 2, "pipebd.derived": 2, "pipebd.progress": 2,
     "pipebd.smollm2": 1,
