@@ -15,9 +15,11 @@ from .config import RunConfig
 from .data import DataConfig
 from .zoo import Workload, WorkloadOptions, build_workload
 
-__all__ = ["workload_options", "workload_sizes", "workload_num_blocks", "workload_is_conv", "data_config"]
+__all__ = ["workload_options", "workload_sizes", "workload_num_blocks", "workload_is_conv", "data_config",
+           "meta_workload"]
 
 _SHAPES: dict[tuple, tuple[int, bool]] = {}  # (workload, sizes) -> (blocks, has convolutions)
+_META: dict[tuple, Workload] = {}  # (workload, sizes) -> the workload built on the meta device
 
 
 def workload_options(cfg: RunConfig) -> WorkloadOptions:
@@ -34,12 +36,21 @@ def workload_sizes(cfg: RunConfig) -> WorkloadOptions:
     return workload_options(cfg).sizes()
 
 
+def meta_workload(cfg: RunConfig) -> Workload:
+    """``cfg``'s workload built once on the meta device (shapes, no memory; cached): what the
+    checks before spawning read (its blocks, its input, its data)."""
+    key = (cfg.workload, workload_sizes(cfg))
+    if key not in _META:
+        with torch.device("meta"):
+            _META[key] = build_workload(cfg.workload, workload_sizes(cfg), probe=False)
+    return _META[key]
+
+
 def _meta_facts(cfg: RunConfig) -> tuple[int, bool]:
-    """(blocks, has convolutions) of ``cfg``'s workload, built once on the meta device (cached)."""
+    """(blocks, has convolutions) of ``cfg``'s workload (:func:`meta_workload`; cached)."""
     key = (cfg.workload, workload_sizes(cfg))
     if key not in _SHAPES:
-        with torch.device("meta"):
-            wl = build_workload(cfg.workload, workload_sizes(cfg), probe=False)
+        wl = meta_workload(cfg)
         conv = any(isinstance(m, torch.nn.Conv2d) for b in wl.teacher + wl.student for m in b.modules())
         _SHAPES[key] = (wl.num_blocks, conv)
     return _SHAPES[key]

@@ -23,7 +23,7 @@ from .data_mnist import MNIST_SHAPE
 from .distill import OPTIMIZERS
 from .errors import ConfigError, DataError, WorkloadError
 from .faults import parse_fault
-from .options import data_config, workload_num_blocks, workload_options, workload_sizes
+from .options import data_config, meta_workload, workload_num_blocks, workload_options, workload_sizes
 from .strategies import get_strategy, import_plugins
 from .zoo import build_workload, canonical_name, registry
 
@@ -74,13 +74,17 @@ def validate(cfg: RunConfig) -> None:
                 f"{torch.cuda.device_count()}; lower --devices, or pass --share-gpus to let ranks share GPUs "
                 "(gloo transport staged through host memory)"
             )
-    if cfg.teacher_weights is not None and not os.path.isfile(cfg.teacher_weights):
+    if cfg.teacher_weights == "smollm2":  # the named offline teacher (pipebd.smollm2), not a file
+        from . import smollm2
+
+        if not smollm2.available():
+            raise ConfigError(f"--teacher-weights smollm2: {smollm2.MISSING} ({smollm2.problem()})")
+        if canonical_name(cfg.workload) != "llm-smol":
+            raise ConfigError(f"--teacher-weights smollm2 is the SmolLM2-135M teacher: use it with -w llm-smol, "
+                              f"not {cfg.workload}")
+    elif cfg.teacher_weights is not None and not os.path.isfile(cfg.teacher_weights):
         raise ConfigError(f"--teacher-weights {cfg.teacher_weights!r} does not exist; pass the path of a file saved "
                           "with torch.save(teacher.state_dict(), PATH), or omit it for a random teacher")
-    try:
-        validate_data_config(data_config(cfg))
-    except DataError as e:
-        raise ConfigError(str(e)) from None
     if cfg.data == "synthetic" and cfg.data_size is not None and cfg.data_size < cfg.batch_size:
         raise ConfigError(f"--data-size {cfg.data_size} is smaller than one batch (--batch-size {cfg.batch_size}): "
                           "every step trains on a full batch; pass --data-size "
@@ -91,6 +95,10 @@ def validate(cfg: RunConfig) -> None:
         _check_data_shape(cfg)
         num_blocks = workload_num_blocks(cfg)
     except WorkloadError as e:
+        raise ConfigError(str(e)) from None
+    try:  # after the workload's own checks: the data must suit what it is (images or tokens)
+        validate_data_config(data_config(cfg, meta_workload(cfg)))
+    except DataError as e:
         raise ConfigError(str(e)) from None
     from .planner import modes_for
 
@@ -109,8 +117,8 @@ def validate(cfg: RunConfig) -> None:
 def _check_teacher_weights(cfg: RunConfig) -> None:
     """Load ``--teacher-weights`` into the full teacher built on the meta device (no memory, no
     compute): a missing file, a non-state-dict or mismatched keys/shapes fail here, before spawn."""
-    if cfg.teacher_weights is None:
-        return
+    if cfg.teacher_weights is None or cfg.teacher_weights == "smollm2":
+        return  # the named teacher is checked above; each rank loads it with a strict key match
     opts = workload_options(cfg)
     try:
         with warnings.catch_warnings(), torch.device("meta"):

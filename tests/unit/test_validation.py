@@ -177,6 +177,24 @@ def test_teacher_weights_missing(cli, tmp_path):
     assert_refused(rc, err, "nope.pt", "does not exist", "torch.save(teacher.state_dict(), PATH)")
 
 
+def test_the_named_smollm2_teacher_is_not_a_file_and_needs_its_extra_and_llm_smol(cli, monkeypatch):
+    from pipebd import smollm2
+
+    rc, err = cli("-w", "tiny", "--teacher-weights", "smollm2")
+    if smollm2.available():
+        assert_refused(rc, err, "--teacher-weights smollm2 is the SmolLM2-135M teacher", "-w llm-smol, not tiny")
+    monkeypatch.setattr(smollm2, "available", lambda: False)
+    rc, err = cli("-w", "llm-smol", "--teacher-weights", "smollm2")
+    assert_refused(rc, err, "--teacher-weights smollm2:", "./bootstrap.sh --with-smollm2")
+    assert "does not exist" not in err
+
+
+def test_text_data_is_checked_against_the_workloads_kind_before_spawning(tmp_path):
+    validate(RunConfig(workload="llm-tiny", data="text", data_root="stdlib", out=str(tmp_path)))  # a decoder: fine
+    with pytest.raises(ConfigError, match="--data text is for decoder"):
+        validate(RunConfig(workload="tiny", data="text", data_root="stdlib", out=str(tmp_path)))
+
+
 def test_teacher_weights_wrong_keys(cli, tmp_path):
     state = _tiny_teacher_state()
     state["head.extra"] = torch.zeros(3)
