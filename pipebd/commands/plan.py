@@ -1,4 +1,6 @@
-"""``python -m pipebd plan``: choose the ``ahd`` layout (stages × replicas) and predict its epoch."""
+"""``python -m pipebd plan``: choose the ``ahd`` layout (stages × replicas) and predict its epoch;
+with ``--strategies LIST|all``, predict each strategy's epoch and pick the fastest, as ``--strategy
+auto`` does (:func:`pipebd.strategies.auto.choose`: relaying against caching, for ``--epochs``)."""
 
 from __future__ import annotations
 
@@ -12,8 +14,31 @@ from ..strategies.predict import predict
 __all__ = ["add_cli"]
 
 
+def _strategies(text: str) -> tuple[str, ...]:
+    """``--strategies`` names (comma-separated), or ``all``: every registered strategy but ``auto``."""
+    from ..config import ConfigError
+    from ..strategies import strategy_names
+    from ..strategies.auto import AUTO
+
+    known = [s for s in strategy_names() if s != AUTO]
+    names = known if text.strip() == "all" else [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in names if s not in known]
+    if unknown or not names:
+        raise ConfigError(f"--strategies {text!r}: unknown {unknown or 'empty list'}; give names from "
+                          f"{', '.join(known)} (comma-separated) or all")
+    return tuple(names)
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    if args.strategies:  # which strategy, not which ahd layout: auto's choice over these
+        from ..strategies.auto import choose
+
+        choice = choose(cfg, _strategies(args.strategies))
+        for name, seconds in sorted(choice.predicted.items(), key=lambda kv: kv[1]):
+            print(f"{name:<12}{seconds:>14.2f} s/epoch predicted")
+        print(choice.why)
+        return 0
     if args.synthetic:
         costs = random_cost_table(cfg.seed, args.synthetic, cfg.devices, cfg.batch_size, with_memory=True)
         what = f"random table ({args.synthetic} blocks, seed {cfg.seed})"
@@ -46,6 +71,9 @@ def add_cli(sub) -> None:
     p = sub.add_parser("plan", help="choose the ahd layout (stages x replicas) for a workload on N devices")
     add_run_options(p, strategy=False)  # includes --memory-limit BYTES (e.g. 70GiB)
     p.add_argument("--steps-per-epoch", type=int, default=None, help="steps of one epoch for the predicted time")
+    p.add_argument("--strategies", default=None, metavar="LIST",
+                   help="compare strategies instead: each one's predicted epoch (over --epochs) and the fastest, "
+                        "as --strategy auto chooses (comma-separated names, or all)")
     p.add_argument("--synthetic", type=int, default=None, metavar="BLOCKS",
                    help="plan a random cost table of BLOCKS blocks instead (planner scaling check)")
     p.set_defaults(func=_cmd_plan)

@@ -44,6 +44,8 @@ def choose(cfg: RunConfig, candidates=CANDIDATES) -> Choice:
     for name in candidates:
         try:
             cls = get_strategy(name)
+            if cls.max_devices is not None and cfg.devices > cls.max_devices:
+                raise ConfigError(f"it runs on at most {cls.max_devices} device(s)")
             layout = cls.layout(cfg.replace(strategy=name), n)
             p = predict(name, costs, cfg.devices, cfg.batch_size, steps, inflight=cfg.inflight,
                         memory_limit_bytes=limit, layout=layout, epochs=cfg.epochs)

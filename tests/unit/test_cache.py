@@ -179,3 +179,22 @@ def test_a_store_that_fits_nowhere_rules_cache_out_of_auto():
     c = choose(TINY.replace(strategy="auto", workload="compress-cifar10", cache_memory=1024, epochs=50))
     assert c.strategy == "ahd" and "cache ruled out" in c.why
 
+
+
+def test_plan_strategies_all_predicts_every_strategy_and_picks_as_auto_does(capsys):
+    from pipebd.cli import main
+    from pipebd.strategies import strategy_names
+
+    argv = ["plan", "-w", "tiny", "-n", "2", "-b", "8", "--steps", "4", "--warmup", "1", "--epochs", "8"]
+    assert main([*argv, "--strategies", "all"]) == 0
+    out = capsys.readouterr().out
+    predicted = [line.split()[0] for line in out.splitlines() if line.endswith("s/epoch predicted")]
+    assert {"dp", "ls", "tr", "tr-dpu", "ahd", "cache"} <= set(predicted) and "auto" not in predicted
+    assert set(predicted) | {"sequential", "ls-paper", "auto"} >= set(strategy_names())
+    seconds = [float(line.split()[1]) for line in out.splitlines() if line.endswith("s/epoch predicted")]
+    assert seconds == sorted(seconds)  # fastest first: the one auto chose
+    assert f"auto chose {predicted[0]} for 8 epoch(s)" in out and "sequential ruled out" in out
+    assert main([*argv, "--strategies", "ahd,cache"]) == 0
+    assert "auto chose" in capsys.readouterr().out
+    assert main([*argv, "--strategies", "ahd,nope"]) == 2
+    assert "unknown ['nope']" in capsys.readouterr().err
