@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--simulated", default=None, metavar="CSV", help="simulate.csv with an epochs column")
     args = p.parse_args(argv)
     runs, _ranks, _events = C.load(args.dirs)
-    table = compute(runs, workload=args.workload, devices=args.devices, batch_size=args.batch_size)
+    workload = C.ALIASES.get(args.workload, args.workload) if args.workload else None  # runs.csv has canonical names
+    table = compute(runs, workload=workload, devices=args.devices, batch_size=args.batch_size)
     if table.empty:
         C.empty_figure(args.output, "no epoch sweep to plot: no ok runs with an epochs column")
         return 0

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="time figure: the target is the sequential final loss x (1 + this) (default 0.10)")
     args = p.parse_args(argv)
     runs, _ranks, events = C.load(args.dirs)
-    runs = _runs(runs, args.workload)
+    runs = _runs(runs, C.ALIASES.get(args.workload, args.workload) if args.workload else None)
     if runs.empty:
         C.empty_figure(args.output, "no ok runs to plot")
         return 0
