@@ -41,11 +41,12 @@ _MAP_SYNTAX = ('blocks of each rank separated by ":" and ranks separated by ",",
                "for blocks 0-2 on rank 0 and block 3 on rank 1")
 
 
-def parse_ls_map(text: str, num_blocks: int, devices: int) -> list[list[int]]:
+def parse_ls_map(text: str, num_blocks: int, devices: int, *, shared: bool = False) -> list[list[int]]:
     """Parse ``"0:1:2,3:4,5"`` into per-rank block lists; raise :class:`ConfigError` on any flaw.
 
     The map must name exactly ``devices`` ranks, each owning at least one block, and cover
-    blocks ``0..num_blocks-1`` exactly once.
+    blocks ``0..num_blocks-1`` exactly once — or, with ``shared`` (``cache``'s replicated blocks),
+    at least once, a block named by several ranks being trained by all of them.
     """
     allowed = f"blocks 0..{num_blocks - 1}"
     parts = text.replace(" ", "").split(",")
@@ -71,9 +72,10 @@ def parse_ls_map(text: str, num_blocks: int, devices: int) -> list[list[int]]:
             if b >= num_blocks:
                 raise ConfigError(f"--ls-map {text!r} names block {b} (rank {rank}) but the workload has "
                                   f"{allowed}; use only those")
-            if b in seen:
+            if b in seen and (not shared or seen[b] == rank):
+                once = "at most once per rank" if shared else "by exactly one rank"
                 raise ConfigError(f"--ls-map {text!r} assigns block {b} twice (rank {seen[b]} and rank {rank}); "
-                                  f"each of {allowed} must be trained by exactly one rank")
+                                  f"each of {allowed} must be trained {once}")
             seen[b] = rank
     missing = sorted(set(range(num_blocks)) - set(seen))
     if missing:

@@ -12,17 +12,22 @@ the others (:mod:`pipebd.cachestore` holds the store):
   a complete store is reused by a later run). One batch per rank runs untimed first (warm-up);
   the timed batches, a multiple of N, are one window of scale ``1/E`` (``--epochs E``): an epoch
   pays ``1/E`` of the pass. Then a barrier: the store is complete before anyone reads it;
-- **phase B, students** — each rank trains its blocks (an LPT assignment on the cost of a step
-  from the store: the student and its reads; or ``--ls-map``): per step, GET block ``b``'s input
-  (boundary ``b``; block 0 LOADs the batch) and target (boundary ``b + 1``), STUDENT, UPDATE,
-  the next step's reads prefetched. Warm-up steps first, then a barrier and the window;
+- **phase B, students** — each rank trains its blocks: the ranks in equal groups, the blocks in as
+  many LPT bins (on the cost of a step from the store: the student, its reads, its all-reduce),
+  each bin trained by every rank of its group on a row shard (replicated, as ``ahd`` replicates
+  stages) — the grouping with the least predicted step, from whole blocks one rank each to every
+  block on every rank; or ``--ls-map``, where a block named by several ranks is replicated on
+  them. Per step, GET block ``b``'s input rows (boundary ``b``; block 0 LOADs them) and target
+  rows (boundary ``b + 1``), STUDENT, ALLREDUCE among its replicas, UPDATE, the next step's reads
+  prefetched. Warm-up steps first, then a barrier and the window;
 - **epochs** — with the store reused, later epochs are phase B only (the store is indexed by
   dataset sample, so a reshuffled epoch reads its own samples). With ``--augment`` a stored
   target goes stale the next epoch: ``--cache-refresh auto`` rebuilds the store every epoch
   (said in the run log; each epoch is then phase A + B, both windows of scale ``1/epochs``) and
   ``--cache-refresh never`` is refused before spawning.
 
-The math is the sequential reference's: each block trains on the whole batch on one rank,
+The math is the sequential reference's: each block trains on the whole batch on one rank (or on
+its replicas' row shards, gradients weighted by rows and all-reduced: the reference's ghost shards),
 against the same teacher activations (stored in their own dtype with ``--cache-dtype auto``;
 ``bf16`` / ``fp16`` halve an fp32 store and are lossy — ``verify`` reports the error).
 Refused before spawning, with what to change: a store larger than ``--cache-memory`` with no
@@ -36,8 +41,11 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass, replace
+from typing import Sequence
 
 from ..config import ConfigError, RunConfig
+from ..distill import shard_sizes
+from ..plan import row_ranges
 from ..cachestore import DTYPES, SHM, StoreSpec, store_key
 from ..schedule import Schedule, ScheduleBuilder, ScheduleSpec
 from .base import Strategy, register_strategy
@@ -66,22 +74,46 @@ class CacheLayout:
         return ",".join(":".join(map(str, a)) for a in self.assignment)
 
 
-def cache_block_cost(costs, block: int, batch_size: int, medium: str = "memory") -> float:
-    """One phase-B step of ``block``: read its input (block 0: load the batch) and target, train it."""
+def cache_block_cost(costs, block: int, batch_size: int, medium: str = "memory", replicas: int = 1) -> float:
+    """One phase-B step of ``block`` on one of its ``replicas`` ranks (each a 1/replicas row shard):
+    read its input (block 0: load the rows) and target, train it, and all-reduce its gradients."""
+    rows = -(-batch_size // replicas)
     read = costs.activation_bytes[block + 1] + (costs.activation_bytes[block] if block else 0.0)
-    return (costs.student_time(block, batch_size) + costs.store_time("read", medium, read * batch_size)
-            + (costs.data_time(batch_size) if block == 0 else 0.0))
+    return (costs.student_time(block, rows) + costs.store_time("read", medium, read * rows)
+            + (costs.data_time(rows) if block == 0 else 0.0)
+            + (costs.allreduce_time(block, replicas) if replicas > 1 else 0.0))
+
+
+def replica_groups(assignment: Sequence[Sequence[int]]) -> dict[int, tuple[int, ...]]:
+    """Block -> the ranks that train it (in rank order): more than one rank replicates the block,
+    each on its own contiguous row shard (:func:`pipebd.distill.shard_sizes`), gradients all-reduced."""
+    groups: dict[int, list[int]] = {}
+    for r, blocks in enumerate(assignment):
+        for blk in blocks:
+            groups.setdefault(blk, []).append(r)
+    return {blk: tuple(rs) for blk, rs in sorted(groups.items())}
 
 
 def _assignment(costs, devices: int, batch_size: int, medium: str) -> tuple[tuple[int, ...], ...]:
+    """Phase B's blocks per rank: the ranks split into ``g`` equal groups (every ``g`` dividing
+    ``devices``, at most one group per block), the blocks into ``g`` bins by LPT (Graham's
+    longest-processing-time-first), each bin trained by every rank of its group on a row shard —
+    ``g = devices`` gives whole blocks one rank each, ``g = 1`` every block replicated on every
+    rank — and the choice with the least predicted step (the slowest group's)."""
     from baselines.ls import lpt_assign
 
     n = costs.num_blocks
-    if devices > n:
-        raise ConfigError(f"cache trains whole blocks, one rank each; {devices} devices exceed the {n} blocks, so "
-                          f"some rank would have nothing to train: use --devices {n} or fewer")
-    bins = lpt_assign([cache_block_cost(costs, b, batch_size, medium) for b in range(n)], devices)
-    return tuple(tuple(b) for b in bins)
+    best = None
+    for g in range(1, min(devices, n) + 1):
+        if devices % g:
+            continue
+        r = devices // g
+        cost = [cache_block_cost(costs, b, batch_size, medium, r) for b in range(n)]
+        bins = lpt_assign(cost, g)
+        step = max(sum(cost[b] for b in blocks) for blocks in bins)
+        if best is None or step < best[0] - 1e-12:
+            best = (step, tuple(tuple(bins[k // r]) for k in range(devices)))
+    return best[1]
 
 
 def _dataset(cfg: RunConfig):
@@ -185,7 +217,9 @@ class ActivationCache(Strategy):
 
     @classmethod
     def reference_shards(cls, cfg: RunConfig, num_blocks: int) -> tuple[tuple[int, ...], ...]:
-        return tuple((cfg.batch_size,) for _ in range(num_blocks))  # each block: the whole batch on one rank
+        """Each block's row shards: the whole batch, or one shard per replica."""
+        replicas = replica_groups(cls.layout(cfg, num_blocks).assignment)
+        return tuple(tuple(shard_sizes(cfg.batch_size, len(replicas[blk]))) for blk in range(num_blocks))
 
     @classmethod
     def layout(cls, cfg: RunConfig, num_blocks: int) -> CacheLayout:
@@ -203,7 +237,7 @@ class ActivationCache(Strategy):
         if cfg.ls_map is not None:
             from baselines.ls import parse_ls_map
 
-            assignment = tuple(tuple(a) for a in parse_ls_map(cfg.ls_map, num_blocks, cfg.devices))
+            assignment = tuple(tuple(a) for a in parse_ls_map(cfg.ls_map, num_blocks, cfg.devices, shared=True))
         else:
             from ..planner import cost_table_for
 
@@ -251,15 +285,22 @@ class ActivationCache(Strategy):
                     b.close(r)
                 b.barrier(r)  # the store holds these batches before any rank reads them
 
+        replicas = replica_groups(layout.assignment)
+        shard = {(blk, r): rows for blk, rs in replicas.items()
+                 for r, rows in zip(rs, row_ranges(shard_sizes(B, len(rs))))}
+
         def train(r: int, steps) -> None:
             for k in steps:
-                if 0 in layout.assignment[r]:
-                    b.load(r, k, whole)
                 for blk in layout.assignment[r]:
-                    if blk > 0:
-                        b.get(r, k, blk, whole, note=medium)
-                    b.get(r, k, blk + 1, whole, note=medium)
-                    b.student(r, k, blk, whole)
+                    rows = shard[(blk, r)]
+                    if blk == 0:
+                        b.load(r, k, rows)
+                    else:
+                        b.get(r, k, blk, rows, note=medium)
+                    b.get(r, k, blk + 1, rows, note=medium)
+                    b.student(r, k, blk, rows)
+                    if len(replicas[blk]) > 1:
+                        b.allreduce(r, k, [blk], replicas[blk])
                     b.update(r, k, blk)
 
         def students(steps: list[int], *, scale: float) -> None:

@@ -18,11 +18,17 @@ BASE = RunConfig(workload="tiny", strategy="cache", devices=2, batch_size=10, st
 VERIFY_CASES = {
     "tiny-nas-n3": BASE.replace(workload="tiny-nas", devices=3, inflight=1),
     "bf16-store": BASE.replace(cache_dtype="bf16", teacher_precision="fp32", student_precision="fp32"),
+    # phase B with replicated blocks: block 0 on all 3 ranks (row shards, all-reduced), one more block each
+    "replicated-n3": BASE.replace(devices=3, batch_size=9, ls_map="0:1,0:2,0:3"),
 }
 
 
 def test_cache_keeps_the_math_on_the_supernet_at_three_ranks(verified):
     assert_keeps_math(verified(__name__, "tiny-nas-n3"))
+
+
+def test_cache_keeps_the_math_with_a_block_replicated_on_every_rank(verified):
+    assert_keeps_math(verified(__name__, "replicated-n3"))
 
 
 def test_a_bf16_store_reports_its_error_instead_of_failing(verified):

@@ -198,3 +198,56 @@ def test_plan_strategies_all_predicts_every_strategy_and_picks_as_auto_does(caps
     assert "auto chose" in capsys.readouterr().out
     assert main([*argv, "--strategies", "ahd,nope"]) == 2
     assert "unknown ['nope']" in capsys.readouterr().err
+
+
+def test_phase_b_replicates_blocks_on_row_shards_with_an_allreduce_and_the_schedule_is_valid():
+    from pipebd.schedule import ALLREDUCE, STUDENT
+    from pipebd.strategies.cache import replica_groups
+
+    spec = ScheduleSpec(num_blocks=4, devices=3, batch_size=9, steps=3, warmup=1)
+    s = CACHE.generate(spec, CacheLayout(((0, 1), (0, 2), (0, 3))))
+    assert problems(s) == []
+    acts = [(r, a) for r, _i, a in s]
+    assert sorted({a.rows for r, a in acts if a.kind == STUDENT and a.block == 0}) == [(0, 3), (3, 6), (6, 9)]
+    assert {a.rows for r, a in acts if a.kind == STUDENT and a.block > 0} == {(0, 9)}
+    assert {tuple(a.blocks) for r, a in acts if a.kind == ALLREDUCE} == {(0,)}
+    assert {r for r, a in acts if a.kind == ALLREDUCE} == {0, 1, 2}
+    assert replica_groups(((0, 1), (0, 2), (0, 3))) == {0: (0, 1, 2), 1: (0,), 2: (1,), 3: (2,)}
+    shards = CACHE.reference_shards(TINY.replace(devices=3, batch_size=9, ls_map="0:1,0:2,0:3"), 4)
+    assert shards == ((3, 3, 3), (9,), (9,), (9,))
+
+
+def test_the_phase_b_grouping_is_the_cheapest_of_whole_blocks_to_every_block_everywhere():
+    from pipebd.strategies.cache import _assignment, cache_block_cost, replica_groups
+
+    costs = random_cost_table(5, 4, 8, 8)
+    for devices in (2, 4, 8):  # 8 devices, 4 blocks: was refused; now blocks are replicated
+        assignment = _assignment(costs, devices, 8, "memory")
+        groups = replica_groups(assignment)
+        assert len(assignment) == devices and set(groups) == set(range(4)) and all(assignment)
+        sizes = {len(rs) for rs in groups.values()}
+        assert len(sizes) == 1 and devices % sizes.pop() == 0  # equal groups
+        def step(a):
+            g = replica_groups(a)
+            return max(sum(cache_block_cost(costs, b, 8, "memory", len(g[b])) for b in blocks) for blocks in a)
+        everywhere = tuple(tuple(range(4)) for _ in range(devices))
+        assert step(assignment) <= step(everywhere) + 1e-12
+        if devices <= 4:
+            from baselines.ls import lpt_assign
+
+            whole = lpt_assign([cache_block_cost(costs, b, 8, "memory") for b in range(4)], devices)
+            assert step(assignment) <= step(tuple(map(tuple, whole))) + 1e-12
+        assert problems(CACHE.generate(ScheduleSpec(num_blocks=4, devices=devices, batch_size=8, steps=2),
+                                       CacheLayout(assignment))) == []
+
+
+def test_a_shared_ls_map_replicates_and_a_plain_one_still_refuses_duplicates():
+    from baselines.ls import parse_ls_map
+
+    assert parse_ls_map("0:1,0:2:3", 4, 2, shared=True) == [[0, 1], [0, 2, 3]]
+    with pytest.raises(ConfigError, match="exactly one rank"):
+        parse_ls_map("0:1,0:2:3", 4, 2)
+    with pytest.raises(ConfigError, match="at most once per rank"):
+        parse_ls_map("0:0:1,2:3", 4, 2, shared=True)
+    with pytest.raises(ConfigError, match="leaves block"):
+        parse_ls_map("0:1,0:2", 4, 2, shared=True)
