@@ -4,7 +4,8 @@ The store is one memory-mapped file per boundary, written and read by gathering 
 batch's samples (``index_copy_`` / ``index_select`` on a ``torch.from_file(shared=True)`` map).
 Each rank times exactly that, at the same time as the others (contention included), on a file
 of its own of ``32 MiB`` in rows of the workload's typical boundary (the median activation bytes
-per sample), in random row order: in host memory (``/dev/shm``) and on disk (``--cache-dir``,
+per sample), in random row order, each write to fresh pages (as a teacher pass writes each page
+once: first touch included): in host memory (``/dev/shm``) and on disk (``--cache-dir``,
 else the temporary directory; a write there includes the ``fsync`` a run pays to mark a batch
 complete). Rows: kind ``store``, ``mode`` ``write:memory`` / ``read:memory`` / ``write:disk`` /
 ``read:disk``, the bytes moved and the median seconds.
@@ -40,13 +41,16 @@ class StoreMeasurements:
             os.makedirs(where, exist_ok=True)
             path = os.path.join(where, f"pipebd-profile-store-{os.getpid()}-{self.rank}.bin")
             try:
-                with open(path, "wb") as f:
-                    f.truncate(rows * width * 4)
-                mapped = torch.from_file(path, shared=True, size=rows * width, dtype=torch.float32).view(rows, width)
                 x = torch.randn(rows, width)
                 g = torch.Generator().manual_seed(self.rank)
                 writes, reads = [], []
                 for _ in range(self.opts.comm_trials):
+                    # a fresh file each trial: a teacher pass writes every page of the store once, so its
+                    # writes pay the first touch (page faults, zeroing); the reads that follow find them resident
+                    with open(path, "wb") as f:
+                        f.truncate(rows * width * 4)
+                    mapped = torch.from_file(path, shared=True, size=rows * width,
+                                             dtype=torch.float32).view(rows, width)
                     idx = torch.randperm(rows, generator=g)
 
                     def write() -> None:
