@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -31,7 +32,7 @@ from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["candidate_table", "choose", "AssembledLM", "TeacherLM", "perplexity", "text_windows",
+__all__ = ["Rated", "rate", "candidate_table", "choose", "AssembledLM", "TeacherLM", "perplexity", "text_windows",
            "decoder_params", "default_text"]
 
 
@@ -86,6 +87,29 @@ def candidate_table(workload, windows: torch.Tensor, *, batch: int = 8) -> list[
         table.append(rows)
         x = torch.cat(outs)
     return table
+
+
+@dataclass
+class Rated:
+    """A decoder run's students loaded beside its teacher, rated on held-out windows."""
+
+    workload: object
+    windows: torch.Tensor
+    tokenizer: str
+    table: list[list[dict]]
+    teacher_params: int
+
+
+def rate(payload: dict, text: str, *, limit: int | None = None) -> Rated:
+    """Load a students file (:func:`pipebd.export.read_students`) with its teacher and rate every
+    candidate on up to ``limit`` windows of ``text`` in the run's tokenizer (:func:`candidate_table`)."""
+    from .data_tokens import tokenizer_for
+    from .export import load_saved
+
+    wl = load_saved(payload, teacher=True)
+    tokenizer = tokenizer_for(payload.get("teacher_weights"))
+    windows = text_windows(text, wl.input_shape[0], tokenizer, limit=limit)
+    return Rated(wl, windows, tokenizer, candidate_table(wl, windows), sum(decoder_params(t) for t in wl.teacher))
 
 
 def choose(table: Sequence[Sequence[dict]], budget_params: float) -> tuple[list[int], float, float]:
@@ -151,7 +175,6 @@ def _cmd_assemble(args) -> int:
     import time
 
     from .export import read_students
-    from .zoo import WorkloadOptions, build_workload
 
     payload = read_students(args.run, args.results)
     if not payload["workload"].startswith("llm-"):
@@ -163,19 +186,13 @@ def _cmd_assemble(args) -> int:
         raise ConfigError(f"--budget must be a fraction in (0, 1] of the teacher's decoder parameters, got {bad}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    options = dict(payload["options"], teacher_weights=payload.get("teacher_weights"))
     t0 = time.perf_counter()
-    wl = build_workload(payload["workload"], WorkloadOptions(**options))
-    for i, library in enumerate(wl.student):
-        library.load_state_dict(payload["weights"][i], strict=True)
-    tokenizer = "smollm2" if options.get("teacher_weights") == "smollm2" else "bytes"
     text = args.text or default_text()
-    windows = text_windows(text, wl.input_shape[0], tokenizer, limit=args.windows)
-    table = candidate_table(wl, windows)
-    teacher_params = sum(decoder_params(t) for t in wl.teacher)
-    print(f"assemble: run {payload['run_id']} ({payload['workload']}, teacher {options.get('teacher_weights') or 'random init'}); "
-          f"{windows.shape[0]} held-out windows of {windows.shape[1]} {tokenizer} tokens from {text}; "
-          f"teacher decoder parameters {teacher_params:,}")
+    rated = rate(payload, text, limit=args.windows)
+    wl, windows, table, teacher_params = rated.workload, rated.windows, rated.table, rated.teacher_params
+    print(f"assemble: run {payload['run_id']} ({payload['workload']}, teacher "
+          f"{payload.get('teacher_weights') or 'random init'}); {windows.shape[0]} held-out windows of "
+          f"{windows.shape[1]} {rated.tokenizer} tokens from {text}; teacher decoder parameters {teacher_params:,}")
     teacher_ppl = perplexity(TeacherLM(wl), windows)
     print(f"  teacher perplexity {teacher_ppl:,.2f}")
     for budget in budgets:

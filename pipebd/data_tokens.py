@@ -27,7 +27,8 @@ from torch.utils.data import Dataset
 from .errors import DataError
 from .fileio import atomic_write_bytes
 
-__all__ = ["SyntheticTokens", "TextTokens", "TOKENIZERS", "resolve_text_root", "text_files", "encode_text"]
+__all__ = ["SyntheticTokens", "TextTokens", "TOKENIZERS", "resolve_text_root", "text_files", "encode_text",
+           "tokenizer_for"]
 
 TOKENIZERS = ("bytes", "smollm2")
 _TOKEN_SALT = 0x70CE_5EED
@@ -84,6 +85,11 @@ def text_files(root: str) -> list[str]:
     if not found:
         raise DataError(f"--data text: no .txt or .py files under {root!r}")
     return found
+
+
+def tokenizer_for(teacher_weights: str | None) -> str:
+    """The tokenizer of a run's text: SmolLM2's with the SmolLM2 teacher, else UTF-8 bytes."""
+    return "smollm2" if teacher_weights == "smollm2" else "bytes"
 
 
 def encode_text(text: str, tokenizer: str) -> list[int]:

@@ -32,7 +32,7 @@ from torch import nn
 from .errors import ConfigError
 
 __all__ = ["STUDENTS_FORMAT", "EXPORT_FORMAT", "students_path", "save_students", "read_students",
-           "stitch", "export_student", "load_student"]
+           "load_saved", "stitch", "export_student", "load_student"]
 
 #: Format tag of ``<out>/students/<run_id>.pt``.
 STUDENTS_FORMAT = "pipebd-students/1"
@@ -82,7 +82,18 @@ def _build(workload: str, options: Mapping, teacher_weights: str | None = None):
     return build_workload(workload, WorkloadOptions(**{**dict(options), "teacher_weights": teacher_weights}))
 
 
-def _assembled(payload: dict, workload, budget: float | None) -> tuple[nn.Module, list, dict]:
+def load_saved(payload: dict, *, teacher: bool = False):
+    """The workload of a students file with every student block's saved weights loaded (strict
+    keys); with ``teacher``, built with the run's teacher (what ``assemble`` rates against)."""
+    workload = _build(payload["workload"], payload["options"], payload.get("teacher_weights") if teacher else None)
+    for i, block in enumerate(workload.student):
+        if i not in payload["weights"]:
+            raise ConfigError(f"{payload['path']} has no weights for block {i}")
+        block.load_state_dict(payload["weights"][i], strict=True)
+    return workload
+
+
+def _assembled(payload: dict, budget: float | None) -> tuple[nn.Module, list, dict]:
     """A decoder run's student: one candidate per block (:mod:`pipebd.assembly`) under ``budget``
     (a fraction of the teacher's decoder parameters), rated on the default held-out text with the
     run's teacher (rebuilt from the file the students record)."""
@@ -91,16 +102,9 @@ def _assembled(payload: dict, workload, budget: float | None) -> tuple[nn.Module
     if budget is None or not 0 < budget <= 1:
         raise ConfigError(f"{payload['workload']} holds a library of candidates per block: give --budget F "
                           f"(0 < F <= 1 of the teacher's decoder parameters) to export the assembled student")
-    teacher = payload.get("teacher_weights")
-    rated = _build(payload["workload"], payload["options"], teacher)
-    for i, library in enumerate(rated.student):
-        library.load_state_dict(payload["weights"][i], strict=True)
-    tokenizer = "smollm2" if teacher == "smollm2" else "bytes"
-    windows = assembly.text_windows(assembly.default_text(), rated.input_shape[0], tokenizer, limit=32)
-    table = assembly.candidate_table(rated, windows)
-    full = sum(assembly.decoder_params(t) for t in rated.teacher)
-    choice, loss, _cost = assembly.choose(table, budget * full)
-    net = assembly.AssembledLM(workload, choice)
+    rated = assembly.rate(payload, assembly.default_text(), limit=32)
+    choice, loss, _cost = assembly.choose(rated.table, budget * rated.teacher_params)
+    net = assembly.AssembledLM(rated.workload, choice)
     return net, [None] * len(choice), {"chosen_by": "assemble", "budget": budget, "choice": choice,
                                        "candidates": net.names, "summed_heldout_loss": loss}
 
@@ -150,15 +154,10 @@ def export_student(run: str, out_dir: str, *, results: str = "results", paths: S
     from .fileio import atomic_write_text
 
     payload = read_students(run, results)
-    workload = _build(payload["workload"], payload["options"])
-    blocks = list(workload.student)
-    for i, block in enumerate(blocks):
-        if i not in payload["weights"]:
-            raise ConfigError(f"{payload['path']} has no weights for block {i}")
-        block.load_state_dict(payload["weights"][i], strict=True)
     if payload["workload"].startswith("llm-"):
-        net, chosen, how = _assembled(payload, workload, budget)
+        net, chosen, how = _assembled(payload, budget)
     else:
+        blocks = list(load_saved(payload).student)
         chosen, how = _architecture_paths(payload, blocks, paths=paths, budget=budget)
         net = stitch(blocks, chosen)
     spec = {"format": EXPORT_FORMAT, "workload": payload["workload"], "options": payload["options"],

@@ -13,6 +13,7 @@ import torch
 
 from .config import RunConfig
 from .data import DataConfig
+from .data_tokens import tokenizer_for
 from .zoo import Workload, WorkloadOptions, build_workload
 
 __all__ = ["workload_options", "workload_sizes", "workload_num_blocks", "workload_is_conv", "data_config",
@@ -79,4 +80,4 @@ def data_config(cfg: RunConfig, workload: Workload | None = None) -> DataConfig:
     return DataConfig(source=cfg.data, root=cfg.data_root, resolution=res, channels=channels, num_classes=classes,
                       size=cfg.data_size, stands_in_for=stands_in, augment=cfg.augment, seed=cfg.seed,
                       device=cfg.device_type, seq_len=seq,
-                      tokenizer="smollm2" if cfg.teacher_weights == "smollm2" else "bytes")
+                      tokenizer=tokenizer_for(cfg.teacher_weights))

@@ -46,6 +46,7 @@ class SearchResult:
     cost: float
     budget: float
     paths: list = None  # the chosen paths as tuples (None for a fixed block), from the keys
+    run_id: str = ""  # the run searched
 
 
 def pareto_choose(options: Sequence[Sequence[tuple[float, float, Hashable]]], budget: float) -> tuple[list, float, float]:
@@ -96,10 +97,12 @@ def _budget_params(budget: float | None, rows: pd.DataFrame) -> float:
 
 
 
-def search_run(results_dir: str, run_id: str | None = None, *, budget: float | None = None) -> SearchResult:
+def search_run(results_dir: str, run_id: str | None = None, *, budget: float | None = None,
+               losses: pd.DataFrame | None = None) -> SearchResult:
     """The best architecture of run ``run_id`` (default: the latest run with candidate paths) of
-    ``results_dir``'s ``block_losses.csv`` under ``budget`` (see the module docstring)."""
-    df = read_block_losses(results_dir)
+    ``results_dir``'s ``block_losses.csv`` (or of ``losses``, that file already read) under
+    ``budget`` (see the module docstring)."""
+    df = read_block_losses(results_dir) if losses is None else losses
     if run_id is None:
         nas = df[df["path"].fillna("") != ""]
         if nas.empty:
@@ -115,7 +118,7 @@ def search_run(results_dir: str, run_id: str | None = None, *, budget: float | N
     keys, loss, cost = pareto_choose(options, cap)
     indices = {(int(r.block), r.path): r.choices for r in rows.itertuples()}
     paths = [tuple(int(c) for c in str(indices[(b, k)]).split()) if k else None for b, k in enumerate(keys)]
-    return SearchResult(choice=keys, loss=loss, cost=cost, budget=cap, paths=paths)
+    return SearchResult(choice=keys, loss=loss, cost=cost, budget=cap, paths=paths, run_id=run_id)
 
 
 def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
@@ -145,8 +148,8 @@ def ranking_tau(df: pd.DataFrame, run_a: str, run_b: str) -> float:
 
 def _cmd_search(args) -> int:
     df = read_block_losses(args.results)
-    found = search_run(args.results, args.run, budget=args.budget)
-    run_id = args.run or df[df["path"].fillna("") != ""]["run_id"].iloc[-1]
+    found = search_run(args.results, args.run, budget=args.budget, losses=df)
+    run_id = found.run_id
     rows = df[df["run_id"] == run_id]
     strategy = rows["strategy"].iloc[0]
     print(f"search of run {run_id} ({rows['workload'].iloc[0]}, {strategy}): candidate paths ranked by "

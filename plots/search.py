@@ -39,7 +39,7 @@ def table(runs: pd.DataFrame, losses: pd.DataFrame, results: dict[str, str], bud
     ref_id = (ref if not ref.empty else runs)["run_id"].iloc[0]
     rows = []
     for _, r in runs.iterrows():
-        found = search_run(results[r["run_id"]], r["run_id"], budget=budget)
+        found = search_run(results[r["run_id"]], r["run_id"], budget=budget, losses=losses)
         rows.append({"strategy": r["strategy"], "devices": int(r["devices"]), "run_id": r["run_id"],
                      "tau_vs_reference": ranking_tau(losses, ref_id, r["run_id"]),
                      "architecture": " | ".join(found.choice), "summed_loss": found.loss, "params": int(found.cost)})
