@@ -76,6 +76,9 @@ class BenchRow:
     rounds: list[int] = field(default_factory=list)  # the round of each entry of epoch_times
     loads: list[float] = field(default_factory=list)  # host load average at the start and end of its runs
     samples: int = 0  # epoch samples of its runs
+    tokens_s: list[float] = field(default_factory=list)  # tokens/s of its runs (decoder workloads)
+    tflops: list[float] = field(default_factory=list)  # achieved model TFLOP/s (counted FLOPs per token)
+    mfu: list[float] = field(default_factory=list)  # model FLOPs utilisation (CUDA with a known peak)
 
     @property
     def median(self) -> float | None:
@@ -210,6 +213,9 @@ def bench(cfg: RunConfig, strategies: tuple[str, ...], *, repeats: int = 3, idea
                 rows[s].loads += [float(v) for v in (row.get("load_avg_start"), row.get("load_avg_end"))
                                   if v is not None and v == v]
                 samples = int(row["epoch_samples"])
+                for values, key in ((rows[s].tokens_s, "throughput_tps"), (rows[s].tflops, "model_tflops"),
+                                    (rows[s].mfu, "mfu")):
+                    values += [v for v in (_number(row.get(key)),) if v is not None]
                 say(f"  {label} {s:<8} epoch {float(row['epoch_time_s']):9.1f} s (fill {float(row['fill_drain_s']):.2f} s"
                     f", {res.wall_s:.0f} s wall, load {row.get('load_avg_start')}->{row.get('load_avg_end')})")
             else:
@@ -251,6 +257,33 @@ def bench(cfg: RunConfig, strategies: tuple[str, ...], *, repeats: int = 3, idea
                        reruns, modes_table)
 
 
+def _number(value) -> float | None:
+    """A runs.csv cell as a float; None when empty or not a number."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if v == v else None
+
+
+def _throughput_section(result: BenchResult) -> list[str]:
+    """Per strategy the field's throughput figures, medians over its runs: samples/s and, for a
+    decoder, tokens/s, the achieved model TFLOP/s and (CUDA, known peak) the MFU."""
+    rows = [(s, r) for s, r in result.rows.items() if r.median is not None and r.tokens_s]
+    if not rows:
+        return []
+    med = statistics.median
+    lines = ["", "throughput (medians over runs; model FLOPs counted per token, not measured):",
+             f"{'strategy':<10}{'samples/s':>11}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>8}"]
+    for s, r in rows:
+        mfu = f"{med(r.mfu):.1%}" if r.mfu else "n/a"
+        tflops = f"{med(r.tflops):.3f}" if r.tflops else "n/a"
+        lines.append(f"{s:<10}{r.samples / r.median:>11.3f}{med(r.tokens_s):>11.1f}{tflops:>9}{mfu:>8}")
+    if not any(r.mfu for _, r in rows):
+        lines.append("MFU: n/a (needs CUDA and a GPU whose peak is known)")
+    return lines
+
+
 def speedup_range(dp: BenchRow, row: BenchRow) -> tuple[float, float] | None:
     """Min and max over rounds of ``dp epoch / epoch`` within the same round (the runs of one
     round are neighbours in time, so they share the machine's drift); None without a common round."""
@@ -260,7 +293,7 @@ def speedup_range(dp: BenchRow, row: BenchRow) -> tuple[float, float] | None:
 
 
 def format_table(result: BenchResult) -> str:
-    from .runner import cpu_description
+    from .run_outputs import cpu_description
 
     cfg = result.cfg
     dp = result.rows.get("dp")
@@ -316,6 +349,7 @@ def format_table(result: BenchResult) -> str:
                      f"measured: {' < '.join(by_meas)}); worst ratio off by {worst:.0%}")
     for k, why in result.unpredicted.items():
         lines.append(f"no prediction for {k}: {why}")
+    lines += _throughput_section(result)
     lines += _modes_section(result)
     return "\n".join(lines)
 

@@ -67,16 +67,23 @@ EVENT_COLUMNS = ["run_id", "rank", "phase", "block", "step", "start_s", "end_s"]
 LOSS_COLUMNS = ["run_id", "workload", "strategy", "devices", "modes", "block", "step", "loss"]
 
 
-def loss_rows(run_id: str, run_row: dict, per_rank: list[dict]) -> list[dict]:
-    """losses.csv rows from every rank's ``{block: {step: loss share}}``: a block trained by
-    several replicas has its shares summed (each is weighted by its rows / batch)."""
-    total: dict[tuple[int, int], float] = {}
+def summed_losses(per_rank: list[dict]) -> dict[int, dict[int, float]]:
+    """Every rank's ``{block: {step: loss share}}`` as one ``{block: {step: loss}}``: a block
+    trained by several replicas has its shares summed (each is weighted by its rows / batch)."""
+    total: dict[int, dict[int, float]] = {}
     for losses in per_rank:
         for block, steps in losses.items():
+            per_step = total.setdefault(int(block), {})
             for step, v in steps.items():
-                total[(int(block), int(step))] = total.get((int(block), int(step)), 0.0) + v
+                per_step[int(step)] = per_step.get(int(step), 0.0) + v
+    return total
+
+
+def loss_rows(run_id: str, run_row: dict, losses: dict[int, dict[int, float]]) -> list[dict]:
+    """losses.csv rows of a run's summed losses (:func:`summed_losses`), by block and step."""
     base = {k: run_row.get(k) for k in ("workload", "strategy", "devices", "modes")}
-    return [{"run_id": run_id, **base, "block": b, "step": k, "loss": v} for (b, k), v in sorted(total.items())]
+    return [{"run_id": run_id, **base, "block": b, "step": k, "loss": losses[b][k]}
+            for b in sorted(losses) for k in sorted(losses[b])]
 
 
 @dataclass

@@ -151,8 +151,11 @@ def verify_strategy(cfg: RunConfig, *, rtol: float = DEFAULT_RTOL, workdir: str 
                     reference_cache: dict | None = None, prepared: _Prepared | None = None) -> VerifyResult:
     """Run ``cfg`` and its sequential reference, compare final weights and NAS paths.
 
-    Raises :class:`ConfigError` (nothing started) when ``cfg`` cannot run."""
-    workdir = workdir or tempfile.mkdtemp(prefix="pipebd-verify-")
+    Raises :class:`ConfigError` (nothing started) when ``cfg`` cannot run. Without ``workdir``
+    the weights and results go to a temporary directory, removed afterwards."""
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="pipebd-verify-") as tmp:
+            return verify_strategy(cfg, rtol=rtol, workdir=tmp, reference_cache=reference_cache, prepared=prepared)
     return verify_strategies([prepared or prepare(cfg, workdir)], rtol=rtol, reference_cache=reference_cache)[0]
 
 
@@ -203,7 +206,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         return 0
     names = args.strategies.split(",") if args.strategies else [s for s in strategy_names() if s != "sequential"]
     base = config_from_args(args, strategy="sequential")
-    workdir = tempfile.mkdtemp(prefix="pipebd-verify-")
+    with tempfile.TemporaryDirectory(prefix="pipebd-verify-") as workdir:  # weights of every run: removed after
+        return _verify_all(args, base, names, workdir)
+
+
+def _verify_all(args: argparse.Namespace, base: RunConfig, names: list[str], workdir: str) -> int:
+    """The verify command's work: every strategy of ``names`` against its reference, in ``workdir``."""
     # Validate every strategy before anything runs: one that cannot run here gets an INVALID
     # row saying why, and the others still run. Nothing valid at all is a configuration error.
     prepared: dict[str, _Prepared | ConfigError] = {}

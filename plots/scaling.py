@@ -5,8 +5,12 @@ documented in results/README.md: strategy, devices, batch_size, and throughput_s
 epoch_time_s; optional epoch_samples, workload and extrapolated). A simulated point whose
 per-replica batch lies outside the profile's measured batch sizes (``extrapolated`` true: the
 cost model's fitted fixed + per-sample line, :mod:`pipebd.costfit`) is drawn hollow.
+``--ratio A/B`` writes, per device count of the devices panel, how many times faster strategy A
+is than B: simulated, and measured where both were run (e.g. ``ahd/even``: what the planner
+buys over ModelOpt's equal split). ``--strategies LIST`` draws only those strategies.
 
     python plots/scaling.py RESULTS_DIR [RESULTS_DIR ...] -o scaling.png [--workload W] [--simulated sim.csv]
+                            [--ratio A/B] [--strategies dp,even,ahd]
 """
 
 from __future__ import annotations
@@ -97,7 +101,52 @@ def _truthy(v) -> bool:
     return str(v).strip().lower() in ("true", "1", "yes")
 
 
-def plot(by_batch: pd.DataFrame, by_devices: pd.DataFrame, sim: pd.DataFrame, path: str, workload: str) -> None:
+def ratios(by_devices: pd.DataFrame, sim: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """Per device count at the devices panel's batch size: how many times A's throughput is B's,
+    measured (``measured``) and simulated (``simulated``); NaN where either strategy lacks a value."""
+    bs = by_devices.attrs.get("batch_size")
+
+    def per_devices(t: pd.DataFrame, strategy: str) -> pd.Series:
+        if bs is not None and "batch_size" in t:
+            t = t[t["batch_size"] == bs]
+        return t[t["strategy"] == strategy].groupby("devices")["throughput_sps"].median()
+
+    table = pd.DataFrame({"measured": per_devices(by_devices, a) / per_devices(by_devices, b),
+                          "simulated": per_devices(sim, a) / per_devices(sim, b)})
+    table.index = table.index.astype(int)
+    return table.rename_axis("devices").reset_index()
+
+
+def _only(table: pd.DataFrame, strategies: set[str]) -> pd.DataFrame:
+    """``table``'s rows of ``strategies``, keeping its ``.attrs`` (the value held fixed)."""
+    kept = table[table["strategy"].isin(strategies)].copy()
+    kept.attrs = dict(table.attrs)
+    return kept
+
+
+def parse_ratio(text: str) -> tuple[str, str]:
+    """``"A/B"`` -> ``(A, B)``; anything else is a ValueError naming the form."""
+    a, sep, b = text.partition("/")
+    if not (sep and a and b and "/" not in b):
+        raise ValueError(f"--ratio wants two strategies as A/B (e.g. ahd/even), not {text!r}")
+    return a, b
+
+
+def _annotate_ratios(ax, by_devices: pd.DataFrame, sim: pd.DataFrame, a: str, b: str) -> None:
+    """Writes A/B per device count in a box in the panel's upper left corner."""
+    lines = []
+    for row in ratios(by_devices, sim, a, b).itertuples():
+        parts = [f"{v:.2f}x {kind}" for kind, v in (("simulated", row.simulated), ("measured", row.measured))
+                 if v == v]
+        if parts:
+            lines.append(f"{row.devices} devices: {', '.join(parts)}")
+    if lines:
+        ax.text(0.02, 0.97, f"{a} / {b}\n" + "\n".join(lines), transform=ax.transAxes, ha="left", va="top",
+                fontsize=6, bbox={"boxstyle": "round,pad=0.3", "facecolor": "white", "edgecolor": "0.8"})
+
+
+def plot(by_batch: pd.DataFrame, by_devices: pd.DataFrame, sim: pd.DataFrame, path: str, workload: str,
+         ratio: tuple[str, str] | None = None) -> None:
     fig, axes = C.figure(2, height=2.2)
     specs = [(axes[0], by_batch, "batch_size", "devices", by_batch.attrs.get("devices"), "global batch size"),
              (axes[1], by_devices, "devices", "batch_size", by_devices.attrs.get("batch_size"), "devices")]
@@ -129,6 +178,8 @@ def plot(by_batch: pd.DataFrame, by_devices: pd.DataFrame, sim: pd.DataFrame, pa
         ax.set_xlabel(label)
         held = f"{value} devices" if fixed == "devices" else f"batch {value}"
         ax.set_title(f"{C.workload_label(workload)} · {held}" if value is not None else C.workload_label(workload))
+    if ratio is not None:
+        _annotate_ratios(axes[1], by_devices, sim, *ratio)
     axes[0].set_ylabel("throughput (samples/s)")
     handles = [Line2D([], [], color=C.strategy_color(s), linewidth=1.5, label=s) for s in strategies]
     handles += [Line2D([], [], color="black", marker="o", markersize=3, linewidth=0.9, label="measured")]
@@ -149,7 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     p = C.base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--workload", default=None, help="the workload (default: the one with the most runs)")
     p.add_argument("--simulated", default=None, metavar="FILE", help="simulated CSV (see results/README.md)")
+    p.add_argument("--ratio", default=None, metavar="A/B",
+                   help="write how many times faster strategy A is than B at each device count (e.g. ahd/even)")
+    p.add_argument("--strategies", default=None, metavar="LIST",
+                   help="comma-separated strategies to draw (default: every one in the runs and the simulated CSV)")
     args = p.parse_args(argv)
+    try:
+        ratio = parse_ratio(args.ratio) if args.ratio else None
+    except ValueError as e:
+        p.error(str(e))
     runs, _ranks, _events = C.load(args.dirs)
     workload = C.ALIASES.get(args.workload, args.workload) if args.workload else None
     if workload is None and len(runs):
@@ -164,13 +223,19 @@ def main(argv: list[str] | None = None) -> int:
     by_batch, by_devices = compute(runs, workload=workload, batch_size=args.batch_size, devices=args.devices)
     sim = load_simulated(args.simulated, workload=workload, runs=runs) if args.simulated else pd.DataFrame(
         columns=[*SIM_REQUIRED, "throughput_sps"])
+    if args.strategies:
+        keep = set(args.strategies.split(","))
+        by_batch, by_devices, sim = (_only(t, keep) for t in (by_batch, by_devices, sim))
     if by_batch.empty and by_devices.empty and sim.empty:
         C.empty_figure(args.output, f"no scaling to plot for {workload}: no ok runs or simulated rows")
         return 0
     for name, t in (("vs batch size", by_batch), ("vs devices", by_devices)):
         if len(t):
             print(f"measured {name}:\n{t.to_string(index=False, float_format=lambda v: f'{v:.4g}')}")
-    plot(by_batch, by_devices, sim, args.output, workload)
+    if ratio is not None:
+        table = ratios(by_devices, sim, *ratio)
+        print(f"{ratio[0]} / {ratio[1]} (throughput ratio):\n{table.to_string(index=False, float_format=lambda v: f'{v:.3f}')}")
+    plot(by_batch, by_devices, sim, args.output, workload, ratio)
     return 0
 
 

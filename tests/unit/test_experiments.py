@@ -323,3 +323,22 @@ def test_bench_compares_each_strategy_with_its_fp32_contiguous_self():
     # each row's speedup is over dp in the same modes
     assert next(line for line in text.splitlines() if line.startswith("ahd:fp32")).split()[2] == "1.68x"
     assert text.rstrip().endswith("    0  bf16")
+
+
+def test_bench_reports_tokens_per_second_and_mfu_for_a_decoder():
+    from pipebd.bench import BenchResult, BenchRow, _number, format_table
+    from pipebd.config import RunConfig
+
+    cfg = RunConfig(workload="llm-tiny", devices=2)
+    rows = {"even": BenchRow("even", epoch_times=[10.0, 12.0, 11.0], rounds=[0, 1, 2], samples=550,
+                             tokens_s=[3200.0, 3300.0, 3100.0], tflops=[0.5, 0.4, 0.6]),
+            "ahd": BenchRow("ahd", epoch_times=[5.0], rounds=[0], samples=550, tokens_s=[6400.0], tflops=[1.0],
+                            mfu=[0.25])}
+    text = format_table(BenchResult(cfg, rows, None, "n/a", 1.0, 3))
+    section = text[text.index("throughput (medians"):].splitlines()
+    # samples/s from the median epoch (550 / 11), tokens/s and TFLOP/s medians over runs
+    assert next(x for x in section if x.startswith("even")).split() == ["even", "50.000", "3200.0", "0.500", "n/a"]
+    assert next(x for x in section if x.startswith("ahd")).split() == ["ahd", "110.000", "6400.0", "1.000", "25.0%"]
+    image = {"dp": BenchRow("dp", epoch_times=[1.0], rounds=[0], samples=10)}  # no tokens: no section
+    assert "throughput (medians" not in format_table(BenchResult(RunConfig(workload="tiny"), image, None, "", 1.0, 1))
+    assert _number("") is None and _number("nan") is None and _number("2.5") == 2.5 and _number(None) is None

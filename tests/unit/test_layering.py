@@ -29,7 +29,7 @@ LAYERS = {
     "pipebd.runtime": 5, "pipebd.launch": 5, "pipebd.preflight": 5, "pipebd.profile_measure": 5, "pipebd.profile_comm": 5,
     "pipebd.profile_lean": 5, "pipebd.profile_modes": 5, "pipebd.profile_store": 5, "pipebd.cachestore": 2,
     "pipebd.profile_options": 2,
-    "pipebd.runner": 6, "pipebd.profiler": 6,
+    "pipebd.runner": 6, "pipebd.run_outputs": 6, "pipebd.profiler": 6,
     "pipebd.experiments": 7, "pipebd.verify": 7, "pipebd.zoo_table": 7,
     "pipebd.commands": 8, "pipebd.bench": 8,
     "pipebd.cli": 9, "pipebd.__main__": 9,

@@ -298,3 +298,14 @@ def test_cuda_path_without_nvml_notes_once(monkeypatch, capsys):
     assert capsys.readouterr().err.count("NVML utilisation is not recorded") == 1
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d=None: 0)
     assert a.report().nvml_utilisation is None
+
+
+def test_loss_shares_of_replicas_are_summed_per_block_and_step():
+    from pipebd.metrics import loss_rows, summed_losses
+
+    # block 0 trained by two replicas (shares 0.25 + 0.5 of a batch's loss), block 1 by one
+    per_rank = [{0: {0: 0.25, 1: 0.125}}, {0: {0: 0.5, 1: 0.25}, 1: {0: 2.0}}]
+    assert summed_losses(per_rank) == {0: {0: 0.75, 1: 0.375}, 1: {0: 2.0}}
+    rows = loss_rows("R", {"workload": "tiny", "strategy": "dp", "devices": 2, "modes": ""}, summed_losses(per_rank))
+    assert [(r["block"], r["step"], r["loss"]) for r in rows] == [(0, 0, 0.75), (0, 1, 0.375), (1, 0, 2.0)]
+    assert {r["run_id"] for r in rows} == {"R"} and rows[0]["strategy"] == "dp"

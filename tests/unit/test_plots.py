@@ -285,6 +285,34 @@ def test_scaling(fixture_dirs, tmp_path):
     assert (by_batch["throughput_sps"] > 0).all()
 
 
+def test_scaling_ratio_is_a_over_b_per_device_count(fixture_dirs, tmp_path, capsys):
+    from plots import scaling
+
+    sim = pd.DataFrame({"strategy": ["even", "ahd", "even", "ahd", "even"], "devices": [2, 2, 8, 8, 4],
+                        "batch_size": [64] * 5, "throughput_sps": [10.0, 13.0, 20.0, 33.0, 15.0]})
+    meas = pd.DataFrame({"strategy": ["even", "ahd", "even"], "devices": [2, 2, 4],
+                         "throughput_sps": [8.0, 10.0, 12.0]})
+    meas.attrs["batch_size"] = 64
+    table = scaling.ratios(meas, sim, "ahd", "even").set_index("devices")
+    assert table.loc[2, "measured"] == pytest.approx(1.25) and table.loc[2, "simulated"] == pytest.approx(1.3)
+    assert table.loc[8, "simulated"] == pytest.approx(1.65) and pd.isna(table.loc[8, "measured"])
+    assert pd.isna(table.loc[4, "simulated"])  # no ahd at 4 devices: no ratio, not a made-up one
+    assert scaling.parse_ratio("ahd/even") == ("ahd", "even")
+    for bad in ("ahd", "ahd/", "/even", "a/b/c"):
+        with pytest.raises(ValueError, match="A/B"):
+            scaling.parse_ratio(bad)
+    path = tmp_path / "sim.csv"
+    sim.assign(workload="nas-cifar10", batch_size=64).to_csv(path, index=False)
+    out = tmp_path / "ratio.png"
+    assert scaling.main([fixture_dirs[1], "-o", str(out), "--simulated", str(path), "--ratio", "ahd/even",
+                         "--batch-size", "64"]) == 0
+    _png_ok(out)
+    assert "ahd / even" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        scaling.main([fixture_dirs[1], "-o", str(out), "--ratio", "ahd"])
+    assert exit_.value.code == 2
+
+
 def test_scaling_rejects_a_bad_simulated_csv_with_a_note(fixture_dirs, tmp_path, capsys):
     from plots import scaling
 

@@ -16,7 +16,7 @@ from pipebd.config import RunConfig
 from pipebd.distill import block_loss
 from pipebd.evaluate import evaluate_top1
 from pipebd.options import workload_options
-from pipebd.runner import _wants_weights
+from pipebd.run_outputs import wants_weights as _wants_weights
 from pipebd.zoo import WorkloadOptions, build_workload
 
 MNIST = RunConfig(workload="compress-mnist", data="mnist5k")
