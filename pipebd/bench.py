@@ -8,16 +8,18 @@ it) and derives the ideal (DESIGN.md §4) from it with :mod:`pipebd.costmodel`, 
 registered strategy that can run the shape (a new baseline included; ``--strategies`` to choose)
 in ``--repeats`` rounds, each round in a rotated order (round
 ``r`` starts at strategy ``r mod k``) so that drifting background load hits every strategy
-alike, and reports per strategy the median epoch time, the speedup over dp (ratio of medians),
+alike, and reports per strategy the median epoch time, the speedup over dp (ratio of medians;
+``--baseline even`` to judge a planner against ModelOpt's equal split instead),
 the efficiency (ideal / median epoch time, with its range over rounds) and the spread
 (min / max, and (max - min) / median) over rounds. A strategy whose rounds differ by more than
-25 % is flagged and re-run, interleaved with ``dp``, up to ``--max-reruns`` more rounds
+25 % is flagged and re-run, interleaved with the baseline, up to ``--max-reruns`` more rounds
 (:mod:`pipebd.derived`). Every row states its measured steps per block (default 16; the profile
 times the same step indices, so a NAS window is priced on exactly the paths it trains) and the
 host's load average around its runs. A strategy that is not registered or whose run fails is reported as such and the
 others go on; so is a prediction the cost model cannot make. Predictions replay each strategy's
 schedule for the layout that ran (:func:`pipebd.strategies.predict.predict`). Every run appends to ``--out``
-(default ``results/bench``) with ``tag=bench``.
+(default ``results/bench``) with ``tag=bench``. For a decoder it also prints tokens/s, the
+achieved model TFLOP/s and, on a known GPU, the MFU.
 
 Compute modes (:mod:`pipebd.modes`): runs use the run options' modes (``auto`` by default: per
 block from the profile, which then times every candidate). With ``--precision`` (or
@@ -109,6 +111,7 @@ class BenchResult:
     unpredicted: dict[str, str] = field(default_factory=dict)  # strategy -> why the cost model could not
     reruns: int = 0
     modes_table: list[str] = field(default_factory=list)  # the chosen mode per block (describe_modes lines)
+    baseline: str = "dp"  # every speedup is over this strategy, within each round
 
 
 def predictions(costs, cfg: RunConfig, strategies, epoch_samples: int,
@@ -165,16 +168,19 @@ def label_cfg(cfg: RunConfig, label: str) -> RunConfig:
 
 
 def bench(cfg: RunConfig, strategies: tuple[str, ...], *, repeats: int = 3, ideal: str = "profile",
-          max_reruns: int = 2, say=print, compare_modes: bool = False) -> BenchResult:
+          max_reruns: int = 2, say=print, compare_modes: bool = False, baseline: str = "dp") -> BenchResult:
     """Profile (for the ideal), then ``repeats`` rotated rounds of ``strategies`` on ``cfg``, then up
-    to ``max_reruns`` rounds of the noisy strategies with ``dp``. ``compare_modes``: every
-    strategy also as ``S:fp32`` (fp32 contiguous), in the same rounds."""
+    to ``max_reruns`` rounds of the noisy strategies with the ``baseline`` (``dp``; ``even`` to
+    judge a planner against ModelOpt's equal split). ``compare_modes``: every strategy also as
+    ``S:fp32`` (fp32 contiguous), in the same rounds."""
     from .preflight import validate
 
     if repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, got {repeats}")
     if not strategies:
         raise ConfigError("--strategies names no strategy")
+    if baseline not in strategies and baseline != "dp":
+        raise ConfigError(f"--baseline {baseline} is not among --strategies ({', '.join(strategies)}): add it there")
     validate(cfg.replace(strategy="sequential", devices=1, block_shards=None))  # workload, data, sizes, out
     t0 = time.perf_counter()
     if compare_modes:
@@ -227,8 +233,8 @@ def bench(cfg: RunConfig, strategies: tuple[str, ...], *, repeats: int = 3, idea
     from .derived import noisy_strategies
 
     reruns = 0
-    while reruns < max_reruns and "dp" in rows:
-        again = noisy_strategies((s, len(r.epoch_times), r.spread) for s, r in rows.items())
+    while reruns < max_reruns and baseline in rows:
+        again = noisy_strategies(((s, len(r.epoch_times), r.spread) for s, r in rows.items()), baseline=baseline)
         if not again:
             break
         noisy = [s for s, r in rows.items() if r.noisy]
@@ -254,7 +260,7 @@ def bench(cfg: RunConfig, strategies: tuple[str, ...], *, repeats: int = 3, idea
 
     modes_table = describe_modes(modes_for(cfg.replace(profile=csv), raw), raw, cfg.batch_size)
     return BenchResult(cfg, rows, ideal_epoch, note, time.perf_counter() - t0, repeats, predicted, unpredicted,
-                       reruns, modes_table)
+                       reruns, modes_table, baseline)
 
 
 def _number(value) -> float | None:
@@ -284,10 +290,10 @@ def _throughput_section(result: BenchResult) -> list[str]:
     return lines
 
 
-def speedup_range(dp: BenchRow, row: BenchRow) -> tuple[float, float] | None:
-    """Min and max over rounds of ``dp epoch / epoch`` within the same round (the runs of one
-    round are neighbours in time, so they share the machine's drift); None without a common round."""
-    by_round = dict(zip(dp.rounds, dp.epoch_times))
+def speedup_range(base: BenchRow, row: BenchRow) -> tuple[float, float] | None:
+    """Min and max over rounds of ``baseline epoch / epoch`` within the same round (the runs of
+    one round are neighbours in time, so they share the machine's drift); None without a common round."""
+    by_round = dict(zip(base.rounds, base.epoch_times))
     ratios = [by_round[r] / t for r, t in zip(row.rounds, row.epoch_times) if r in by_round]
     return (min(ratios), max(ratios)) if ratios else None
 
@@ -295,29 +301,29 @@ def speedup_range(dp: BenchRow, row: BenchRow) -> tuple[float, float] | None:
 def format_table(result: BenchResult) -> str:
     from .run_outputs import cpu_description
 
-    cfg = result.cfg
-    dp = result.rows.get("dp")
-    dp_med = dp.median if dp is not None else None
+    cfg, base = result.cfg, result.baseline
+    base_best = result.rows.get(base)
+    base_med = base_best.median if base_best is not None else None
     ideal = result.ideal_epoch_s
     head = (f"bench: {cfg.workload} on {cfg.devices} {cfg.device_type} rank(s), batch {cfg.batch_size}, "
             f"{cfg.warmup} warm-up steps/block, {result.repeats} round(s)"
             + (f" + {result.reruns} re-run round(s)" if result.reruns else "") + f", medians ({result.seconds:.0f} s)"
             + (f"; cpu {cpu_description()}" if cfg.device_type == "cpu" else ""))
     lines = [head,
-             f"{'strategy':<10}{'epoch s':>10}{'speedup':>9}{'range':>12}{'eff.':>6}{'eff. range':>12}{'min s':>10}"
+             f"{'strategy':<10}{'epoch s':>10}{('vs ' + base):>9}{'range':>12}{'eff.':>6}{'eff. range':>12}{'min s':>10}"
              f"{'max s':>10}"
              f"{'spread':>8}{'runs':>5}{'steps':>6}{'load':>10}  plan"]
     for s, r in result.rows.items():
         med = r.median
-        dp_row = result.rows.get("dp" + (FP32_SUFFIX if s.endswith(FP32_SUFFIX) else ""))  # dp in the same modes
-        dp_same = dp_row.median if dp_row is not None else None
+        base_row = result.rows.get(base + (FP32_SUFFIX if s.endswith(FP32_SUFFIX) else ""))  # in the same modes
+        base_same = base_row.median if base_row is not None else None
         if med is None:
             why = r.errors[0][:90] if r.errors else "no run"
             lines.append(f"{s:<10}{'failed':>10}{'-':>9}{'-':>12}{'-':>6}{'-':>12}{'-':>10}{'-':>10}{'-':>8}{0:>5}{'-':>6}"
                          f"{'-':>10}  {why}")
             continue
-        sp = f"{dp_same / med:.2f}x" if dp_same else "n/a"
-        rr = speedup_range(dp_row, r) if dp_row is not None and len(r.epoch_times) > 1 else None
+        sp = f"{base_same / med:.2f}x" if base_same else "n/a"
+        rr = speedup_range(base_row, r) if base_row is not None and len(r.epoch_times) > 1 else None
         sp_rng = f"{rr[0]:.2f}-{rr[1]:.2f}" if rr else "-"
         eff = f"{ideal / med:.2f}" if ideal else "n/a"
         rng = f"{ideal / max(r.epoch_times):.2f}-{ideal / min(r.epoch_times):.2f}" if ideal else "n/a"
@@ -325,12 +331,12 @@ def format_table(result: BenchResult) -> str:
         lines.append(f"{s:<10}{med:>10.1f}{sp:>9}{sp_rng:>12}{eff:>6}{rng:>12}{min(r.epoch_times):>10.1f}{max(r.epoch_times):>10.1f}"
                      f"{r.spread:>7.0%}{'!' if r.noisy else ' '}{len(r.epoch_times):>5}{r.steps:>6}{load:>10}  {r.plan}")
     if ideal:
-        sp = f"{dp_med / ideal:.2f}x" if dp_med else "n/a"
+        sp = f"{base_med / ideal:.2f}x" if base_med else "n/a"
         lines.append(f"{'ideal':<10}{ideal:>10.1f}{sp:>9}{'':>12}{1.0:>6.2f}  cost model: each block once, fastest batch, "
                      "no comm/idle")
     else:
         lines.append(f"{'ideal':<10}{'n/a':>10}  {result.ideal_note}")
-    lines.append(f"speedup = median dp epoch / median epoch (range: dp / strategy within each round); "
+    lines.append(f"vs {base} = median {base} epoch / median epoch (range: {base} / strategy within each round); "
                  f"eff. = ideal / median epoch (range: over rounds); "
                  f"spread = (max-min)/median, ! = over 25 %; steps = measured steps per block; load = host load "
                  f"average around the runs ({cfg.devices} ranks: more means other work shared the cores); "
@@ -362,17 +368,17 @@ def _modes_section(result: BenchResult) -> list[str]:
     lines = []
     if pairs:
         lines += ["", "compute modes: samples/s as configured (modes below) against fp32 contiguous, same rounds",
-                  f"{'strategy':<10}{'samples/s':>11}{'fp32 s/s':>10}{'ratio':>8}{'range':>12}  vs fp32 dp"]
-        dp32 = result.rows.get("dp" + FP32_SUFFIX)
+                  f"{'strategy':<10}{'samples/s':>11}{'fp32 s/s':>10}{'ratio':>8}{'range':>12}  vs fp32 {result.baseline}"]
+        dp32 = result.rows.get(result.baseline + FP32_SUFFIX)
         for s, s32 in pairs:
             a, b = result.rows[s], result.rows[s32]
             if a.median is None or b.median is None:
                 lines.append(f"{s:<10}{'n/a':>11}")
                 continue
             rr = speedup_range(b, a)
-            vs_dp = f"{dp32.median / a.median:.2f}x" if dp32 is not None and dp32.median else "n/a"
+            vs_base = f"{dp32.median / a.median:.2f}x" if dp32 is not None and dp32.median else "n/a"
             lines.append(f"{s:<10}{a.samples / a.median:>11.2f}{b.samples / b.median:>10.2f}{b.median / a.median:>7.2f}x"
-                         f"{(f'{rr[0]:.2f}-{rr[1]:.2f}' if rr else '-'):>12}  {vs_dp}")
+                         f"{(f'{rr[0]:.2f}-{rr[1]:.2f}' if rr else '-'):>12}  {vs_base}")
     if result.modes_table:
         lines += ["", "compute modes per block:", *result.modes_table]
     return lines
@@ -394,7 +400,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-reruns must be >= 0, got {args.max_reruns}")
     asked = compares_modes(args, cfg)
     result = bench(cfg, names, repeats=args.repeats, ideal=args.ideal, max_reruns=args.max_reruns,
-                   say=lambda m: print(m, flush=True), compare_modes=asked)
+                   say=lambda m: print(m, flush=True), compare_modes=asked, baseline=args.baseline)
     print(format_table(result))
     return 0 if any(r.epoch_times for r in result.rows.values()) else 1
 
@@ -408,7 +414,11 @@ def add_cli(sub) -> None:
                    "the shape, in the paper's order)")
     p.add_argument("--repeats", type=int, default=3, help="rounds of every strategy, rotated order (default 3)")
     p.add_argument("--max-reruns", type=int, default=2, metavar="K",
-                   help="extra rounds (with dp) for strategies whose rounds differ by more than 25 %% (default 2)")
+                   help="extra rounds (with the baseline) for strategies whose rounds differ by more than 25 %% "
+                        "(default 2)")
+    p.add_argument("--baseline", default="dp", metavar="STRATEGY",
+                   help="the strategy every speedup is over, within each round (default dp; e.g. even, to judge "
+                        "the planner against ModelOpt's equal split); it must be among --strategies")
     p.add_argument("--compare-modes", action="store_true",
                    help="also run every strategy in fp32 contiguous (rows S:fp32), as --precision X does")
     p.add_argument("--ideal", choices=("profile", "estimate", "none"), default="profile",

@@ -103,15 +103,16 @@ def is_noisy(runs: int, spread_: float, threshold: float = NOISE_THRESHOLD) -> b
     return runs > 1 and bool(spread_ > threshold)
 
 
-def noisy_strategies(cells: Iterable[tuple[str, int, float]]) -> list[str]:
+def noisy_strategies(cells: Iterable[tuple[str, int, float]], *, baseline: str = "dp") -> list[str]:
     """What a re-run round measures, from ``(strategy, runs, spread)`` per cell of one configuration:
-    ``dp`` (the baseline, always measured again beside them) and every noisy strategy; every
-    strategy when ``dp`` itself is noisy (then every speedup is suspect); nothing when none is."""
+    the ``baseline`` (``dp`` by default: every speedup's denominator, always measured again beside
+    them) and every noisy strategy; every strategy when the baseline itself is noisy (then every
+    speedup is suspect); nothing when none is."""
     cells = list(cells)
     noisy = [s for s, n, sp in cells if is_noisy(n, sp)]
-    if "dp" in noisy:
-        return ["dp"] + [s for s, _n, _sp in cells if s != "dp"]
-    return ["dp"] + noisy if noisy else []
+    if baseline in noisy:
+        return [baseline] + [s for s, _n, _sp in cells if s != baseline]
+    return [baseline] + noisy if noisy else []
 
 
 def format_speedups(cells: pd.DataFrame, *, reference: pd.DataFrame | None = None,

@@ -342,3 +342,21 @@ def test_bench_reports_tokens_per_second_and_mfu_for_a_decoder():
     image = {"dp": BenchRow("dp", epoch_times=[1.0], rounds=[0], samples=10)}  # no tokens: no section
     assert "throughput (medians" not in format_table(BenchResult(RunConfig(workload="tiny"), image, None, "", 1.0, 1))
     assert _number("") is None and _number("nan") is None and _number("2.5") == 2.5 and _number(None) is None
+
+
+def test_bench_speedups_can_be_over_another_baseline_than_dp():
+    from pipebd.bench import BenchResult, BenchRow, bench, format_table
+    from pipebd.config import ConfigError, RunConfig
+    from pipebd.derived import noisy_strategies
+
+    rows = {"even": BenchRow("even", epoch_times=[20.0, 22.0], rounds=[0, 1]),
+            "ahd": BenchRow("ahd", epoch_times=[16.0, 16.0], rounds=[0, 1])}
+    text = format_table(BenchResult(RunConfig(workload="tiny", devices=2), rows, None, "", 1.0, 2, baseline="even"))
+    assert "vs even" in text.splitlines()[1]
+    # median 21 / 16; per round 20/16 .. 22/16
+    assert next(x for x in text.splitlines() if x.startswith("ahd")).split()[1:4] == ["16.0", "1.31x", "1.25-1.38"]
+    assert noisy_strategies([("even", 3, 0.1), ("ahd", 3, 0.4)], baseline="even") == ["even", "ahd"]
+    assert noisy_strategies([("even", 3, 0.4), ("ahd", 3, 0.1)], baseline="even") == ["even", "ahd"]
+    assert noisy_strategies([("even", 3, 0.1), ("ahd", 3, 0.1)], baseline="even") == []
+    with pytest.raises(ConfigError, match="--baseline even is not among"):
+        bench(RunConfig(workload="tiny", devices=2), ("dp", "ahd"), baseline="even")
