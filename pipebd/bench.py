@@ -272,6 +272,26 @@ def _number(value) -> float | None:
     return v if v == v else None
 
 
+#: Predictions this close (relative) are a tie: the same schedule, or one the model cannot tell
+#: apart; the measured order of a tie is the machine's noise, not a ranking error.
+TIE = 0.02
+
+
+def ranking_disagreements(predicted: dict[str, float], measured: dict[str, float]
+                          ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The pairs the measurement orders against the prediction (``(a, b)``: predicted a < b,
+    measured b < a), and the pairs predicted within :data:`TIE` of each other (not judged)."""
+    names = sorted(measured, key=lambda k: predicted[k])
+    wrong, tied = [], []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if predicted[b] - predicted[a] <= TIE * predicted[b]:
+                tied.append((a, b))
+            elif measured[b] < measured[a]:
+                wrong.append((a, b))
+    return wrong, tied
+
+
 def _throughput_section(result: BenchResult) -> list[str]:
     """Per strategy the field's throughput figures, medians over its runs: samples/s and, for a
     decoder, tokens/s, the achieved model TFLOP/s and (CUDA, known peak) the MFU."""
@@ -351,8 +371,13 @@ def format_table(result: BenchResult) -> str:
         by_pred = sorted(measured, key=lambda k: result.predicted[k])
         by_meas = sorted(measured, key=lambda k: measured[k])
         worst = max(abs(result.predicted[k] / m - 1) for k, m in measured.items())
-        lines.append(f"ranking {'matches' if by_pred == by_meas else 'differs'} (predicted: {' < '.join(by_pred)}; "
-                     f"measured: {' < '.join(by_meas)}); worst ratio off by {worst:.0%}")
+        wrong, tied = ranking_disagreements(result.predicted, measured)
+        verdict = ("matches" if not wrong else "differs") + (
+            f" where the predictions differ; predicted tied within {TIE:.0%}: " + ", ".join(f"{a} = {b}" for a, b in tied)
+            if tied else "")
+        lines.append(f"ranking {verdict} (predicted: {' < '.join(by_pred)}; measured: {' < '.join(by_meas)}"
+                     + (f"; out of order: {', '.join(f'{a} < {b}' for a, b in wrong)}" if wrong else "")
+                     + f"); worst ratio off by {worst:.0%}")
     for k, why in result.unpredicted.items():
         lines.append(f"no prediction for {k}: {why}")
     lines += _throughput_section(result)

@@ -360,3 +360,23 @@ def test_bench_speedups_can_be_over_another_baseline_than_dp():
     assert noisy_strategies([("even", 3, 0.1), ("ahd", 3, 0.1)], baseline="even") == []
     with pytest.raises(ConfigError, match="--baseline even is not among"):
         bench(RunConfig(workload="tiny", devices=2), ("dp", "ahd"), baseline="even")
+
+
+def test_bench_ranking_judges_only_the_pairs_the_prediction_tells_apart():
+    from pipebd.bench import BenchResult, BenchRow, format_table, ranking_disagreements
+    from pipebd.config import RunConfig
+
+    # even, tr-dpu, ahd run one schedule here: predicted alike, measured in noise order
+    predicted = {"even": 100.0, "tr-dpu": 100.0, "ahd": 100.5, "dp": 300.0}
+    measured = {"even": 107.0, "tr-dpu": 106.0, "ahd": 97.0, "dp": 280.0}
+    wrong, tied = ranking_disagreements(predicted, measured)
+    assert wrong == [] and set(tied) == {("even", "tr-dpu"), ("even", "ahd"), ("tr-dpu", "ahd")}
+    assert ranking_disagreements({"a": 100.0, "b": 150.0}, {"a": 20.0, "b": 10.0}) == ([("a", "b")], [])
+    rows = {k: BenchRow(k, epoch_times=[v], rounds=[0]) for k, v in measured.items()}
+    text = format_table(BenchResult(RunConfig(workload="tiny", devices=2), rows, None, "", 1.0, 1, predicted))
+    line = next(x for x in text.splitlines() if x.startswith("ranking"))
+    assert line.startswith("ranking matches where the predictions differ; predicted tied within 2%")
+    predicted["dp"] = 50.0  # dp predicted fastest, measured slowest: out of order
+    text = format_table(BenchResult(RunConfig(workload="tiny", devices=2), rows, None, "", 1.0, 1, predicted))
+    assert "out of order: dp < even, dp < tr-dpu, dp < ahd" in next(x for x in text.splitlines()
+                                                                   if x.startswith("ranking differs"))
