@@ -330,7 +330,7 @@ def format_table(result: BenchResult) -> str:
             + (f" + {result.reruns} re-run round(s)" if result.reruns else "") + f", medians ({result.seconds:.0f} s)"
             + (f"; cpu {cpu_description()}" if cfg.device_type == "cpu" else ""))
     lines = [head,
-             f"{'strategy':<10}{'epoch s':>10}{('vs ' + base):>9}{'range':>12}{'eff.':>6}{'eff. range':>12}{'min s':>10}"
+             f"{'strategy':<10}{'epoch s':>10}{'speedup':>9}{'range':>12}{'eff.':>6}{'eff. range':>12}{'min s':>10}"
              f"{'max s':>10}"
              f"{'spread':>8}{'runs':>5}{'steps':>6}{'load':>10}  plan"]
     for s, r in result.rows.items():
@@ -356,7 +356,7 @@ def format_table(result: BenchResult) -> str:
                      "no comm/idle")
     else:
         lines.append(f"{'ideal':<10}{'n/a':>10}  {result.ideal_note}")
-    lines.append(f"vs {base} = median {base} epoch / median epoch (range: {base} / strategy within each round); "
+    lines.append(f"speedup = median {base} epoch / median epoch (range: {base} / strategy within each round); "
                  f"eff. = ideal / median epoch (range: over rounds); "
                  f"spread = (max-min)/median, ! = over 25 %; steps = measured steps per block; load = host load "
                  f"average around the runs ({cfg.devices} ranks: more means other work shared the cores); "
