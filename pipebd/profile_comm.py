@@ -3,8 +3,9 @@
 - relay: half the round trip of a real ``send``/``recv`` ping-pong of the activation entering
   each block, for each candidate batch, on rank pairs (0,1), (2,3), … simultaneously; again in
   bf16 (``mode`` ``bf16``: half the bytes) when a bf16 teacher is a candidate;
-- all-reduce of each block's student gradients (a flat buffer of the gradient bytes one step
-  produces) over groups ``{0..g-1}`` made with ``dist.new_group``, for ``g = 2..N``;
+- all-reduce of each block's student gradients (the gradient bytes one step produces, in as many
+  tensors, so the run's copy into and out of the flat staging buffer is timed too) over groups
+  ``{0..g-1}`` made with ``dist.new_group``, for ``g = 2..N``;
 - a barrier over all ranks.
 
 With one rank there is nothing to send: relay, all-reduce (``g = 2..G``) and barrier rows are
@@ -30,7 +31,7 @@ __all__ = ["CommMeasurements"]
 class CommMeasurements:
     """Relay, all-reduce and barrier timings; uses the profiler's ``_row``, ``_boundary``,
     ``_wall`` and its ``rank``, ``world``, ``n``, ``batches``, ``groups``, ``act_bytes``,
-    ``grad_bytes``, ``wl``, ``device``, ``cfg`` and ``opts``."""
+    ``grad_bytes``, ``grad_tensors``, ``wl``, ``device``, ``cfg`` and ``opts``."""
 
     def _modelled(self) -> None:
         """One rank: relay, all-reduce and barrier rows from bytes and :data:`ESTIMATE_SPECS` constants."""
@@ -81,17 +82,19 @@ class CommMeasurements:
                           bytes=buf.numel() * buf.element_size(), **({"mode": label} if label else {}))
 
     def _allreduce(self, groups: dict) -> None:
-        sizes = [self.grad_bytes]
+        sizes = [self.grad_bytes, self.grad_tensors]
         dist.broadcast_object_list(sizes, src=0)  # every rank reduces the same buffer sizes
-        for i, nbytes in enumerate(sizes[0]):
+        for i, (nbytes, count) in enumerate(zip(*sizes)):
             numel = max(1, int(nbytes) // 4)
             for g in range(2, self.world + 1):
                 self._boundary()
                 if self.rank >= g:
                     continue
-                buf = torch.ones(numel, device=self.device)
-                allreduce_sum_([buf], group=groups[g])  # as runs reduce (staged through the host if sharing GPUs)
-                times = [self._wall(lambda: allreduce_sum_([buf], group=groups[g]))
+                # the block's gradients as its step leaves them: `count` tensors, reduced as runs
+                # reduce them (one flat staged all-reduce; through the host if sharing GPUs)
+                grads = list(torch.ones(numel, device=self.device).tensor_split(min(count, numel)))
+                allreduce_sum_(grads, group=groups[g])
+                times = [self._wall(lambda: allreduce_sum_(grads, group=groups[g]))
                          for _ in range(self.opts.comm_trials)]
                 self._row("allreduce", block=i, group=g, seconds=statistics.median(times), bytes=numel * 4)
 

@@ -93,6 +93,7 @@ class RankProfiler(CommMeasurements, LeanMeasurements, ModeMeasurements, StoreMe
         self.groups = opts.groups(world)
         self.act_bytes = [math.prod(s) * 4 for s in self.wl.boundary_shapes]  # float32 per sample
         self.grad_bytes = [0] * self.n
+        self.grad_tensors = [1] * self.n  # gradient tensors a step of each block reduces (flattened)
         self.rows: list[dict] = []
         self.lean = False  # one block resident at a time (after an out-of-memory with all resident)
         conv = workload_is_conv(cfg)
@@ -346,6 +347,7 @@ class RankProfiler(CommMeasurements, LeanMeasurements, ModeMeasurements, StoreMe
             else:
                 trainer.accumulate(x, y)
             grad_bytes.append(sum(g.numel() * g.element_size() for g in trainer.grads()))
+            self.grad_tensors[i] = max(self.grad_tensors[i], len(trainer.grads()))
             trainer.apply()
         self.grad_bytes[i] = max(self.grad_bytes[i], int(statistics.mean(grad_bytes)))
 
