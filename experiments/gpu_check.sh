@@ -9,7 +9,9 @@
 #      ceil(256/g) for g = 1..8 (`profile --replica-groups 8`; out-of-memory rows are recorded
 #      as infeasible by the profiler), every block in every compute mode (fp32/bf16 autocast ×
 #      contiguous/channels-last: the bf16 profile, and `auto`'s choice made on the device);
-#      step 1 also verifies bf16 + channels-last against its bf16 reference;
+#      step 1 also verifies bf16 + channels-last against its bf16 reference, and runs a decoder
+#      (`llm-smol`, sequence 2048, the uneven candidate library, bf16) for its tokens/s and model
+#      FLOPs utilisation (runs-llm/runs.csv: throughput_tps, model_tflops, mfu);
 #   3. from each profile, the simulator's 4- and 8-device predictions beside the paper's Fig. 6
 #      speedups (read from experiments/speedup.yaml's paper_reference); NCCL costs in them come
 #      from a model, since one GPU cannot measure them;
@@ -54,7 +56,7 @@ OUT=${GPU_CHECK_OUT:-results/reference/gpu}
 BUDGET=${GPU_CHECK_BUDGET_S:-480}
 mkdir -p "$OUT/logs" || { echo "gpu_check: cannot create $OUT; set GPU_CHECK_OUT to a writable directory" >&2; exit 2; }
 # a rerun replaces what an earlier one wrote (a stale profile must not be simulated)
-rm -rf "$OUT/logs" "$OUT/runs" "$OUT/verify" "$OUT/verify-bf16" "$OUT/verify-n2" "$OUT/bench"
+rm -rf "$OUT/logs" "$OUT/runs" "$OUT/runs-llm" "$OUT/verify" "$OUT/verify-bf16" "$OUT/verify-n2" "$OUT/bench"
 rm -f "$OUT/steps.csv" "$OUT/device.txt" "$OUT"/profile-*.csv "$OUT"/simulate-*.csv "$OUT/paper-vs-simulated.csv"
 mkdir -p "$OUT/logs"
 exec > >(tee "$OUT/gpu_check.log") 2>&1
@@ -156,10 +158,12 @@ VERIFY_ONLY=()
 [ -n "${GPU_CHECK_STRATEGIES:-}" ] && VERIFY_ONLY=(--strategies "$(echo "$STRATEGIES" | tr ' ' ',' )")
 if [ -n "$DRY" ]; then
   RUN_SIZE=(-b 8 --steps 1 --warmup 0)
+  LLM_RUN=(-w llm-tiny --seq-len 16 -b 4 --steps 1 --warmup 0)
   PROF_B=8; PROF_G=2; PROF_STEPS=(--steps 1 --warmup 1 --quick)
   BENCH_SIZE=(-w tiny -b 8 --steps 1 --warmup 0 --repeats 1 --ideal none)
 else
   RUN_SIZE=(-b 64 --steps 3 --warmup 1)
+  LLM_RUN=(-w llm-smol --seq-len 2048 -b 8 --steps 3 --warmup 1 --candidates uneven --precision bf16)
   PROF_B=256; PROF_G=8; PROF_STEPS=(--steps 3 --warmup 2)
   BENCH_SIZE=(-w compress-vgg16-cifar10 -b 256 --steps 4 --warmup 2 --repeats 1 --ideal estimate)
 fi
@@ -181,6 +185,9 @@ step verify-n1 "$D1" 150 "$OUT/logs/verify-n1.log" -- "$PY" -m pipebd verify -w 
 step verify-bf16 "$D1" 90 "$OUT/logs/verify-bf16.log" -- "$PY" -m pipebd verify -w tiny -n 1 --device "$DEV" \
   "${RUN_SIZE[@]}" --strategies "${STRATEGIES%% *}" --precision bf16 --memory-format channels-last \
   --out "$OUT/verify-bf16"
+# a decoder on the device: tokens/s and model FLOPs utilisation, as runs.csv reports them
+step run-llm "$D1" 120 "$OUT/logs/run-llm.log" -- "$PY" -m pipebd run "${LLM_RUN[@]}" -s sequential -n 1 \
+  --device "$DEV" --out "$OUT/runs-llm" --tag gpu-check --quiet --no-trace
 
 # ---- 2. profiles of the paper's workloads, per-replica batches ceil(B/g), g = 1..G ---------------
 GROUPS_FLAG=(--replica-groups "$PROF_G")

@@ -41,7 +41,8 @@ def test_dry_run_writes_every_output(tmp_path):
                  "GPU_CHECK_STRATEGIES": "tr-dpu", "GPU_CHECK_WORKLOADS": "compress-vgg16-cifar10"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     steps = _rows(out / "steps.csv")
-    assert [s["step"] for s in steps] == ["run-tr-dpu", "verify-n1", "verify-bf16", "profile-compress-vgg16-cifar10",
+    assert [s["step"] for s in steps] == ["run-tr-dpu", "verify-n1", "verify-bf16", "run-llm",
+                                          "profile-compress-vgg16-cifar10",
                                           "simulate-compress-vgg16-cifar10",
                                           "compare"]
     assert all(s["status"] == "ok" and s["rc"] == "0" and int(s["seconds_limit"]) > 0 for s in steps), steps
@@ -52,6 +53,10 @@ def test_dry_run_writes_every_output(tmp_path):
     runs = _rows(out / "runs" / "runs.csv")
     assert [(r["strategy"], r["status"], r["device_type"], r["devices"]) for r in runs] == [("tr-dpu", "ok", "cpu", "1")]
     assert "PASS" in (out / "logs" / "verify-n1.log").read_text()
+    llm = _rows(out / "runs-llm" / "runs.csv")
+    assert [(r["workload"], r["status"], r["seq_len"]) for r in llm] == [("llm-tiny", "ok", "16")]
+    assert float(llm[0]["throughput_tps"]) > 0 and float(llm[0]["model_tflops"]) > 0
+    assert llm[0]["mfu"] == ""  # a CPU has no known peak: blank, never a made-up figure
     bf16 = (out / "logs" / "verify-bf16.log").read_text()
     assert "PASS" in bf16 and "bf16" in bf16
     rows = _rows(out / "profile-compress-vgg16-cifar10.csv")
