@@ -77,6 +77,16 @@ class DataConfig:
     tokenizer: str = "bytes"  # text data: bytes | smollm2 (pipebd.data_tokens)
 
 
+#: Data whose mirror image is not the same class (a mirrored digit is no digit, or another one):
+#: ``--augment`` only crops it, never flips (as for its synthetic stand-in, so the two stay alike).
+NO_FLIP = frozenset({"mnist5k"})
+
+
+def flips(cfg: DataConfig) -> bool:
+    """Whether ``--augment`` flips ``cfg``'s images horizontally (not digits: :data:`NO_FLIP`)."""
+    return cfg.source not in NO_FLIP and cfg.stands_in_for not in NO_FLIP
+
+
 def mix_seed(*parts: int) -> int:
     """Mix integers into one 63-bit generator seed (splitmix-style odd multipliers)."""
     h = 0x9E3779B97F4A7C15
@@ -227,8 +237,8 @@ class StepBatchSampler(Sampler[list]):
 class _Keyed(Dataset):
     """``base`` addressed by ``(epoch, index)``; augments per (seed, epoch, index) in the worker."""
 
-    def __init__(self, base: Dataset, augment: bool, seed: int):
-        self.base, self.augment, self.seed = base, augment, seed
+    def __init__(self, base: Dataset, augment: bool, seed: int, flip: bool = True):
+        self.base, self.augment, self.seed, self.flip = base, augment, seed, flip
 
     def __len__(self) -> int:
         return len(self.base)
@@ -237,7 +247,7 @@ class _Keyed(Dataset):
         epoch, i = key
         x, y = self.base[i]
         if self.augment:
-            x = _augment(x, mix_seed(self.seed, epoch, i))
+            x = _augment(x, mix_seed(self.seed, epoch, i), flip=self.flip)
         return x, y
 
 
@@ -248,7 +258,7 @@ class _LoaderStream:
         cfg = source.cfg
         workers = cfg.workers if cfg.workers is not None else default_workers(cfg.device)
         self.sampler = StepBatchSampler(source, lo, hi)
-        self.loader = DataLoader(_Keyed(source.dataset, cfg.augment, cfg.seed), batch_sampler=self.sampler,
+        self.loader = DataLoader(_Keyed(source.dataset, cfg.augment, cfg.seed, flips(cfg)), batch_sampler=self.sampler,
                                  num_workers=workers, pin_memory=pin, prefetch_factor=2 if workers else None,
                                  persistent_workers=workers > 0)
         self._it: Iterator | None = None
@@ -308,7 +318,8 @@ class DataSource:
                 x, y = self.dataset.batch(idx, pin=pin)
                 if self.cfg.augment:
                     epoch = step // self.steps_per_epoch
-                    x = _augment_batch(x, [mix_seed(self.cfg.seed, epoch, i) for i in idx], pin=pin)
+                    x = _augment_batch(x, [mix_seed(self.cfg.seed, epoch, i) for i in idx], pin=pin,
+                                       flip=flips(self.cfg))
                 return x, y
             key = (lo, hi, pin)
             if key not in self._streams:
@@ -379,18 +390,19 @@ def _crop_flip(seed: int) -> tuple[int, int, bool]:
     return h % side, h // side % side, bool(h // (side * side) % 2)
 
 
-def _augment(img: torch.Tensor, seed: int) -> torch.Tensor:
-    """Random 4-pixel-padded crop and horizontal flip of one image, drawn from a per-sample generator."""
-    return _augment_batch(img.unsqueeze(0), [seed])[0]
+def _augment(img: torch.Tensor, seed: int, *, flip: bool = True) -> torch.Tensor:
+    """Random 4-pixel-padded crop and (``flip``) horizontal flip of one image, drawn from its seed."""
+    return _augment_batch(img.unsqueeze(0), [seed], flip=flip)[0]
 
 
-def _augment_batch(x: torch.Tensor, seeds: Sequence[int], *, pin: bool = False) -> torch.Tensor:
+def _augment_batch(x: torch.Tensor, seeds: Sequence[int], *, pin: bool = False, flip: bool = True) -> torch.Tensor:
     """:func:`_augment` of every image of ``x`` (sample ``k`` with ``seeds[k]``); per sample, so
-    each op stays under ATen's parallel grain size (see :meth:`SyntheticImages.batch`)."""
+    each op stays under ATen's parallel grain size (see :meth:`SyntheticImages.batch`). Without
+    ``flip`` the same crops, never mirrored."""
     h, w = x.shape[-2:]
     out = torch.empty(x.shape, dtype=x.dtype, pin_memory=pin)
     for k, seed in enumerate(seeds):
-        dy, dx, flip = _crop_flip(seed)
+        dy, dx, mirror = _crop_flip(seed)
         crop = torch.nn.functional.pad(x[k], (_PAD, _PAD, _PAD, _PAD))[:, dy:dy + h, dx:dx + w]
-        out[k].copy_(crop.flip(-1) if flip else crop)
+        out[k].copy_(crop.flip(-1) if mirror and flip else crop)
     return out

@@ -43,7 +43,7 @@ def add_run_options(p: argparse.ArgumentParser, *, strategy: bool = True) -> Non
                         "(the Python standard library's sources)")
     g.add_argument("--data-size", type=int, default=None, help="samples per epoch: synthetic's size, or the first N "
                    "of mnist5k's training split / of the text corpus")
-    g.add_argument("--augment", action="store_true", help="seeded random crop + flip")
+    g.add_argument("--augment", action="store_true", help="seeded random crop + horizontal flip (crop only for digits: mnist5k and its stand-in)")
     g = p.add_argument_group("training")
     if strategy:
         g.add_argument("--strategy", "-s", default=d.strategy, help="strategy name (see `python -m pipebd verify --list`)")

@@ -154,3 +154,22 @@ def test_device_batches_on_cuda_prefetch_the_same_batches():
 def test_default_workers():
     assert default_workers("cpu") == 0
     assert 1 <= default_workers("cuda") <= 4
+
+
+def test_augment_never_mirrors_digits():
+    from pipebd.data import NO_FLIP, _augment_batch, flips
+
+    assert flips(DataConfig(source="cifar10")) and flips(DataConfig(source="synthetic"))
+    assert not flips(DataConfig(source="mnist5k", stands_in_for="mnist5k"))
+    assert not flips(DataConfig(source="synthetic", stands_in_for="mnist5k"))  # its stand-in alike
+    assert NO_FLIP == {"mnist5k"}
+    x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8)
+    seeds = [s for s in range(200) if _crop_flip(s)[2]][:2]  # two draws that would mirror
+    mirrored, cropped = _augment_batch(x, seeds), _augment_batch(x, seeds, flip=False)
+    assert torch.equal(mirrored, cropped.flip(-1))  # the same crop, only the mirror left out
+    cfg = DataConfig(source="synthetic", stands_in_for="mnist5k", channels=1, resolution=8, augment=True, seed=5)
+    plain = DataSource(DataConfig(source="synthetic", stands_in_for="mnist5k", channels=1, resolution=8, seed=5), 4)
+    data = DataSource(cfg, 4)
+    idx = data.indices(0).tolist()
+    want = _augment_batch(plain.load(0)[0], [mix_seed(5, 0, i) for i in idx], flip=False)
+    assert torch.equal(data.load(0)[0], want)
