@@ -79,9 +79,9 @@ def validate(cfg: RunConfig) -> None:
 
         if not smollm2.available():
             raise ConfigError(f"--teacher-weights smollm2: {smollm2.MISSING} ({smollm2.problem()})")
-        if canonical_name(cfg.workload) != "llm-smol":
-            raise ConfigError(f"--teacher-weights smollm2 is the SmolLM2-135M teacher: use it with -w llm-smol, "
-                              f"not {cfg.workload}")
+        why = smollm2.wrong_workload(canonical_name(cfg.workload))
+        if why:
+            raise ConfigError(why)
     elif cfg.teacher_weights is not None and not os.path.isfile(cfg.teacher_weights):
         raise ConfigError(f"--teacher-weights {cfg.teacher_weights!r} does not exist; pass the path of a file saved "
                           "with torch.save(teacher.state_dict(), PATH), or omit it for a random teacher")

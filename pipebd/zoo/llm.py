@@ -333,11 +333,11 @@ def _load_teacher(full: nn.Module, options: WorkloadOptions, name: str) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*meta parameter.*no-op")  # the pieces not built here
         if options.teacher_weights == "smollm2":
-            from ..smollm2 import state_dict
+            from ..smollm2 import state_dict, wrong_workload
 
-            if full.config.vocab_size != SMOL.vocab or full.config.num_hidden_layers != SMOL.layers:
-                raise WorkloadError(f"--teacher-weights smollm2 is the SmolLM2-135M teacher: use it with llm-smol, "
-                                    f"not {name}")
+            why = wrong_workload(name)
+            if why:
+                raise WorkloadError(why)
             full.load_state_dict(state_dict(), strict=True)
             return
         load_teacher_weights(full, options.teacher_weights, name)

@@ -186,3 +186,13 @@ def test_an_owned_student_without_its_teacher_still_starts_from_its_parent():
     assert torch.equal(part.student[0](tokens)[0], full.student[0](tokens)[0])  # the shared embedding is real
     assert part.student[3].head.weight.data_ptr() == part.student[0].embed.weight.data_ptr()  # tied head
     assert h.shape[-1] == 128
+
+
+def test_the_smollm2_teacher_fits_llm_smol_only_in_one_rule():
+    from pipebd import smollm2
+
+    assert smollm2.wrong_workload("llm-smol") is None
+    assert "use it with -w llm-smol, not llm-tiny" in smollm2.wrong_workload("llm-tiny")
+    # a direct build (no preflight) refuses it with the same words, before any weights are read
+    with pytest.raises(WorkloadError, match="use it with -w llm-smol, not llm-tiny"):
+        build_workload("llm-tiny", WorkloadOptions(teacher_weights="smollm2", seq_len=16))
