@@ -22,7 +22,9 @@ training and after every timing figure (so none changes):
   block, on the test split — and for a NAS supernet block, one row per candidate path (every
   combination of its cells' choices), which is what the search ranks (DNA, Li et al., CVPR 2020:
   each block's paths rated by their distillation loss on held-out data; :mod:`pipebd.search`), on
-  the first :data:`SEARCH_ROWS` test rows.
+  the first :data:`SEARCH_ROWS` test rows, each path with its BatchNorm statistics re-estimated
+  for that path alone on :data:`SEARCH_ROWS` training rows (a supernet's running statistics mix
+  every sampled path; SPOS recalibrates each sub-network before scoring it, §3.3).
 
 Blank (``None``) figures: all, for a data source without a test split (synthetic data); the
 stitched student's, for a NAS supernet (``nas-*``), whose architecture (one path per block) the
@@ -137,60 +139,104 @@ def path_params(block: nn.Module, path: tuple[int, ...] | None) -> int:
 
 @torch.no_grad()
 def block_losses(teacher: Sequence[nn.Module], student: Sequence[nn.Module], images: torch.Tensor, *,
-                 batch: int = BLOCK_BATCH) -> list[dict]:
+                 batch: int = BLOCK_BATCH, calibration: torch.Tensor | None = None) -> list[dict]:
     """Each student block's held-out loss, fed the teacher's input of its block (eval mode).
 
     One row ``{"block", "path", "choices", "params", "heldout_loss"}`` per fixed block and per
     candidate path of a supernet block (:func:`candidate_paths`; ``path`` its name, ``choices`` its
     choice indices, space-separated; both blank for a fixed block); the loss is :func:`pipebd.distill.block_loss`
-    averaged over ``images`` in slices of ``batch`` rows (weighted by their sizes).
+    averaged over ``images`` in slices of ``batch`` rows (weighted by their sizes). With
+    ``calibration`` (unlabelled training images), every path of a supernet block is scored with
+    its BatchNorm statistics re-estimated for that path on the teacher's input of the block from
+    those images (:func:`_outputs_per_path`); the blocks' own statistics are restored after.
     """
     from .distill import block_loss
 
     modes = [(m, m.training) for b in (*teacher, *student) for m in b.modules()]
+    saved = [_bn_state(b) for b in student]
     rows: list[dict] = []
     try:
         for b in (*teacher, *student):
             b.eval()
-        x = images
+        x, xc = images, calibration
         for i, (t_block, s_block) in enumerate(zip(teacher, student)):
             y = torch.cat([t_block(x[lo:lo + batch]) for lo in range(0, x.shape[0], batch)])
+            yc = None if xc is None else torch.cat([t_block(xc[lo:lo + batch]) for lo in range(0, xc.shape[0], batch)])
             last = i == len(teacher) - 1
-            for path, out in _outputs_per_path(s_block, x, batch):
+            for path, out in _outputs_per_path(s_block, x, batch, calibration=xc):
                 loss = sum(float(block_loss(out[lo:lo + batch].float(), y[lo:lo + batch].float(), last=last,
                                             block=s_block)) * min(batch, x.shape[0] - lo)
                            for lo in range(0, x.shape[0], batch)) / x.shape[0]
                 rows.append({"block": i, "path": path_name(s_block, path),
                              "choices": "" if path is None else " ".join(map(str, path)),
                              "params": path_params(s_block, path), "heldout_loss": loss})
-            x = y
+            x, xc = y, yc
     finally:
         for m, was in modes:
             m.train(was)
+        for b, state in zip(student, saved):
+            _restore_bn(b, state)
     return rows
 
 
-def _outputs_per_path(block: nn.Module, x: torch.Tensor, batch: int):
+def _norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def _bn_state(module: nn.Module) -> list[tuple[torch.Tensor, ...]]:
+    """Copies of every BatchNorm's running statistics and momentum in ``module``."""
+    return [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum)
+            for m in _norms(module) if m.running_mean is not None]
+
+
+def _restore_bn(module: nn.Module, state: list[tuple[torch.Tensor, ...]]) -> None:
+    for m, (mean, var, count, momentum) in zip([m for m in _norms(module) if m.running_mean is not None], state):
+        m.running_mean.copy_(mean)
+        m.running_var.copy_(var)
+        m.num_batches_tracked.copy_(count)
+        m.momentum = momentum
+
+
+def _outputs_per_path(block: nn.Module, x: torch.Tensor, batch: int, *, calibration: torch.Tensor | None = None):
     """``(path, output)`` of ``block`` on ``x`` for every path of :func:`candidate_paths`, in order.
 
     A supernet block's paths share prefixes, so the walk is depth-first over its cells: the prefix
     runs once, and each cell's choice once per distinct choice of the cells before it (2 cells of 6
-    and 7 choices: 6 + 42 cell forwards, not 84)."""
+    and 7 choices: 6 + 42 cell forwards, not 84). With ``calibration``, each module of the walk
+    first re-estimates its BatchNorm statistics (reset, cumulative, train mode: exactly
+    :func:`recalibrate_bn` of the path's chain, slice by slice) on the calibration rows as the
+    modules before it on this path leave them, so every path is scored with its own statistics."""
     def run(module: nn.Module, h: torch.Tensor) -> torch.Tensor:
         return torch.cat([module(h[lo:lo + batch]) for lo in range(0, h.shape[0], batch)])
 
+    def step(module: nn.Module, h: torch.Tensor, hc: torch.Tensor | None):
+        """``module`` on the scored rows (eval mode) and, recalibrated first, on the calibration rows
+        (train mode, as a recalibration pass feeds the next module)."""
+        if hc is None or not _norms(module):
+            return run(module, h), (None if hc is None else run(module, hc))
+        norms = _norms(module)
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        module.train()
+        try:
+            hc_out = run(module, hc)
+        finally:
+            module.eval()
+        return run(module, h), hc_out
+
     if not getattr(block, "is_supernet", False):
-        yield None, run(block, x)
+        yield None, run(block, x)  # one path, trained with its own statistics: scored as it is
         return
 
-    def walk(cell: int, h: torch.Tensor, chosen: tuple[int, ...]):
+    def walk(cell: int, h: torch.Tensor, hc: torch.Tensor | None, chosen: tuple[int, ...]):
         if cell == len(block.cells):
-            yield chosen, run(block.suffix, h)
+            yield chosen, step(block.suffix, h, hc)[0]
             return
         for c, op in enumerate(block.cells[cell]):
-            yield from walk(cell + 1, run(op, h), chosen + (c,))
+            yield from walk(cell + 1, *step(op, h, hc), chosen + (c,))
 
-    yield from walk(0, run(block.prefix, x), ())
+    yield from walk(0, *step(block.prefix, x, calibration), ())
 
 
 def _final_train_loss(losses: Mapping[int, Mapping[int, float]], block: int) -> float | None:
@@ -225,8 +271,9 @@ def assess(cfg: RunConfig, weights: Mapping[int, Mapping[str, torch.Tensor]],
     for i, block in enumerate(workload.student):
         block.load_state_dict(weights[i], strict=True)
     result = Assessment(teacher_top1=evaluate_top1(workload.teacher, images, labels, batch=EVAL_BATCH))
+    calibration = SPLITS[cfg.data]("train")[0][:SEARCH_ROWS] if workload.is_nas else None
     result.blocks = block_losses(workload.teacher, workload.student,
-                                 images[:SEARCH_ROWS] if workload.is_nas else images)
+                                 images[:SEARCH_ROWS] if workload.is_nas else images, calibration=calibration)
     for row in result.blocks:
         row["final_train_loss"] = _final_train_loss(losses or {}, row["block"]) if not row["path"] else None
     if not workload.is_nas:

@@ -76,7 +76,8 @@ def test_a_supernet_gets_one_row_per_candidate_path_and_no_stitched_figure(monke
     assert quality.path_params(block, zero_path) < quality.path_params(block, (5, 5)) < sum(
         p.numel() for p in block.parameters())
     xt = data_mnist.mnist5k_split("test")[0][:40]
-    rows = quality.block_losses(wl.teacher, wl.student, xt, batch=16)
+    xc = data_mnist.mnist5k_split("train")[0][:40]
+    rows = quality.block_losses(wl.teacher, wl.student, xt, calibration=xc)  # assess's slices
     assert len(rows) == 6 * 7 * 4 + 6 and {r["block"] for r in rows} == set(range(5))
     assert all(r["heldout_loss"] >= 0 and math.isfinite(r["heldout_loss"]) for r in rows)
     monkeypatch.setattr(quality, "SEARCH_ROWS", 40)
@@ -84,6 +85,35 @@ def test_a_supernet_gets_one_row_per_candidate_path_and_no_stitched_figure(monke
     assert [r["heldout_loss"] for r in got.blocks] == pytest.approx([r["heldout_loss"] for r in rows], rel=1e-5)
     assert got.student_top1 is None and got.student_top1_raw is None and 0.0 <= got.teacher_top1 <= 1.0
     assert len(got.blocks) == len(rows)
+
+
+def test_every_supernet_path_is_scored_with_its_own_recalibrated_statistics():
+    """A path's row equals that path alone as a fixed chain, recalibrated on the calibration rows
+    (recalibrate_bn) and scored in eval mode; the supernet's own statistics are left as they were."""
+    wl = build_workload("nas-mnist", WorkloadOptions())
+    for b in (*wl.teacher, *wl.student):
+        b.eval()
+    xt, xc = data_mnist.mnist5k_split("test")[0][:30], data_mnist.mnist5k_split("train")[0][:30]
+    before = {k: v.clone() for k, v in wl.student[1].state_dict().items()}
+    rows = quality.block_losses(wl.teacher[:3], wl.student[:3], xt, batch=16, calibration=xc)  # block 1 not last
+    assert all(torch.equal(v, wl.student[1].state_dict()[k]) for k, v in before.items())
+    block = wl.student[1]
+    with torch.no_grad():
+        x, x_cal = wl.teacher[0](xt), wl.teacher[0](xc)
+        target = wl.teacher[1](x)
+    for path in [(0, 0), (3, 5), (5, 6)]:
+        chain = nn.Sequential(block.prefix, *[cell[c] for cell, c in zip(block.cells, path)], block.suffix)
+        quality.recalibrate_bn([chain], x_cal, batch=16)
+        chain.eval()
+        with torch.no_grad():
+            want = (sum(float(block_loss(chain(x[lo:lo + 16]), target[lo:lo + 16], last=False)) * len(x[lo:lo + 16])
+                        for lo in range(0, 30, 16)) / 30)
+        got = next(r for r in rows if r["block"] == 1 and r["choices"] == " ".join(map(str, path)))
+        assert got["heldout_loss"] == pytest.approx(want, rel=1e-5), path
+        for k, v in before.items():  # put the supernet's statistics back for the next path
+            block.state_dict()[k].copy_(v)
+    plain = quality.block_losses(wl.teacher[:3], wl.student[:3], xt, batch=16)  # the mixed statistics
+    assert [r["heldout_loss"] for r in plain if r["block"] == 1] != [r["heldout_loss"] for r in rows if r["block"] == 1]
 
 
 def test_recalibration_sets_the_running_statistics_of_the_chain_and_restores_every_mode():
