@@ -12,6 +12,10 @@ Three steps, each its own function:
    path per supernet block, where it came from and its parameter count). A NAS supernet is exported
    as the architecture the search picks (:mod:`pipebd.search`: every block's paths rated by held-out
    loss, best under ``--budget``), or the paths given with ``--paths``; only the chosen ops are kept.
+   When the run's data has a training split (``--data mnist5k``), the stitched network's BatchNorm
+   statistics are first recalibrated on it (:func:`pipebd.quality.recalibrate_bn`, one label-free
+   pass: the run's ``student_top1``; for a searched subnet, SPOS's step before using it), unless
+   ``--no-recalibrate``; ``student.json`` says which (``batchnorm``).
    A decoder run (``llm-*``, a library of candidates per block) is exported as the student
    :mod:`pipebd.assembly` assembles under ``--budget`` (one candidate per block).
 3. :func:`load_student` (``pipebd.load_student(DIR)``) — rebuilds that network as a plain
@@ -48,17 +52,19 @@ def students_path(out: str, run_id: str) -> str:
 
 
 def save_students(path: str, *, run_id: str, workload: str, options, weights: Mapping[int, Mapping[str, torch.Tensor]],
-                  metrics: Mapping[str, float | None] | None = None) -> None:
+                  metrics: Mapping[str, float | None] | None = None, data: str | None = None) -> None:
     """Write every block's final student ``state_dict`` and the workload options that rebuild the
     blocks (without ``teacher_weights``: the students' weights are all there is to load; the
-    teacher's file is recorded beside them, for ``assemble``'s comparison) to ``path``,
-    atomically (a half-written file is never read)."""
+    teacher's file is recorded beside them, for ``assemble``'s comparison) and the run's ``--data``
+    (whose training split, if any, recalibrates an export's BatchNorm) to ``path``, atomically (a
+    half-written file is never read)."""
     from .fileio import atomic_write
 
     opts = dataclasses.asdict(dataclasses.replace(options, teacher_weights=None))
     payload = {"format": STUDENTS_FORMAT, "run_id": run_id, "workload": workload, "options": opts,
                "teacher_weights": options.teacher_weights,  # what `assemble` compares with (not exported)
-               "weights": {int(i): dict(w) for i, w in weights.items()}, "metrics": dict(metrics or {})}
+               "weights": {int(i): dict(w) for i, w in weights.items()}, "metrics": dict(metrics or {}),
+               "data": data}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write(path, lambda f: torch.save(payload, f), binary=True)
 
@@ -146,7 +152,7 @@ def _architecture_paths(payload: dict, blocks: Sequence[nn.Module], *, paths: Se
 
 
 def export_student(run: str, out_dir: str, *, results: str = "results", paths: Sequence | None = None,
-                   budget: float | None = None) -> dict:
+                   budget: float | None = None, recalibrate: bool = True) -> dict:
     """Write ``out_dir/model.safetensors`` and ``out_dir/student.json`` for run ``run``'s student
     (see the module docstring); returns the JSON written."""
     from safetensors.torch import save_file
@@ -160,6 +166,7 @@ def export_student(run: str, out_dir: str, *, results: str = "results", paths: S
         blocks = list(load_saved(payload).student)
         chosen, how = _architecture_paths(payload, blocks, paths=paths, budget=budget)
         net = stitch(blocks, chosen)
+        how["batchnorm"] = _recalibrated(net, payload.get("data")) if recalibrate else "as trained (--no-recalibrate)"
     spec = {"format": EXPORT_FORMAT, "workload": payload["workload"], "options": payload["options"],
             "paths": [None if p is None else [int(c) for c in p] for p in chosen],
             "parameters": sum(p.numel() for p in net.parameters()), "source_run": payload["run_id"],
@@ -171,6 +178,19 @@ def export_student(run: str, out_dir: str, *, results: str = "results", paths: S
     os.replace(tmp, os.path.join(out_dir, WEIGHTS_FILE))  # the JSON (written last) names a complete file
     atomic_write_text(os.path.join(out_dir, SPEC_FILE), json.dumps(spec, indent=1) + "\n")
     return spec
+
+
+def _recalibrated(net: nn.Module, data: str | None) -> str:
+    """Recalibrate ``net``'s BatchNorm statistics on ``data``'s training split, as the run's
+    ``student_top1`` was scored; what was done, for ``student.json``."""
+    from .quality import SPLITS, recalibrate_bn
+
+    if data not in SPLITS:
+        return f"as trained (the run's data {data or 'unrecorded'} has no training split to recalibrate on)"
+    images = SPLITS[data]("train")[0]
+    if not recalibrate_bn([net], images):
+        return "none in this network"
+    return f"recalibrated on the {len(images):,} training images of {data}"
 
 
 def load_student(directory: str) -> nn.Sequential:
@@ -210,7 +230,7 @@ def _parse_paths(text: str | None) -> list | None:
 
 def _cmd_export(args) -> int:
     spec = export_student(args.run, args.out, results=args.results, paths=_parse_paths(args.paths),
-                          budget=args.budget)
+                          budget=args.budget, recalibrate=args.recalibrate)
     top1 = spec["metrics"].get("student_top1")
     print(f"exported the student of run {spec['source_run']} ({spec['workload']}, {spec['parameters']:,} parameters"
           + (f", test top-1 {100 * top1:.1f} %" if isinstance(top1, float) else "") + f") to {args.out}/"
@@ -227,4 +247,7 @@ def add_cli(sub) -> None:
     p.add_argument("--budget", type=float, default=None,
                    help="NAS: the searched architecture's parameter budget (as `search --budget`)")
     p.add_argument("--paths", default=None, help="NAS: the paths to export instead of searching, e.g. 0,3|1,6|2,0|4,6|5")
+    p.add_argument("--no-recalibrate", dest="recalibrate", action="store_false",
+                   help="keep the BatchNorm statistics as trained (default: recalibrated on the run's training "
+                        "split when it has one, as its student_top1 was scored)")
     p.set_defaults(func=_cmd_export)

@@ -88,7 +88,8 @@ def write_results(cfg: RunConfig, run_id: str, workload, data: DataSource, gathe
     if cfg.save_students:
         save_students(students_path(out, run_id), run_id=run_id, workload=cfg.workload,
                       options=workload_options(cfg), weights=weights,
-                      metrics={k: row[k] for k in ("student_top1", "student_top1_raw", "teacher_top1")})
+                      metrics={k: row[k] for k in ("student_top1", "student_top1_raw", "teacher_top1")},
+                      data=cfg.data)
     metrics.append_rows(os.path.join(out, "losses.csv"), metrics.loss_rows(run_id, row, losses), metrics.LOSS_COLUMNS)
     if assessed.blocks:
         metrics.append_rows(os.path.join(out, "block_losses.csv"),

@@ -4,6 +4,8 @@ and export -> load_student round trips for a compressed and a searched NAS stude
 
 from __future__ import annotations
 
+import copy
+
 import itertools
 import json
 import random
@@ -15,7 +17,7 @@ from torch import nn
 import pipebd
 from pipebd import data_mnist, metrics, quality
 from pipebd.errors import ConfigError
-from pipebd.export import export_student, read_students, save_students, students_path, _parse_paths
+from pipebd.export import export_student, read_students, save_students, stitch, students_path, _parse_paths
 from pipebd.search import kendall_tau, pareto_choose, ranking_tau, search_run
 from pipebd.zoo import WorkloadOptions, build_workload
 
@@ -114,6 +116,28 @@ def test_a_supernet_exports_the_searched_architecture_with_only_its_ops(tmp_path
     given = export_student(str(students_path(str(tmp_path), "NAS1")), str(tmp_path / "given"),
                            paths=_parse_paths("0,0|1,6|2,3|0,6|5"))
     assert given["chosen_by"] == "--paths" and given["paths"][1] == [1, 6]
+    assert spec["batchnorm"].startswith("as trained")  # this file records no --data to recalibrate on
+
+
+def test_an_export_recalibrates_batchnorm_on_the_runs_training_split(tmp_path):
+    """Saved with --data mnist5k: the searched subnet is exported with its BatchNorm statistics
+    re-estimated on the training digits (as the stitched chain, like the run's student_top1)."""
+    wl = build_workload("nas-mnist", WorkloadOptions(seed=1))
+    weights = {i: {k: v.detach().clone() for k, v in b.state_dict().items()} for i, b in enumerate(wl.student)}
+    save_students(students_path(str(tmp_path), "R"), run_id="R", workload="nas-mnist",
+                  options=WorkloadOptions(seed=1), weights=weights, data="mnist5k")
+    paths = _parse_paths("0,0|1,6|2,3|0,6|5")
+    spec = export_student("R", str(tmp_path / "out"), results=str(tmp_path), paths=paths)
+    assert spec["batchnorm"] == "recalibrated on the 4,000 training images of mnist5k"
+    net = pipebd.load_student(str(tmp_path / "out"))
+    want = stitch(copy.deepcopy(list(wl.student)), paths)  # stitch shares the blocks' modules
+    quality.recalibrate_bn([want], data_mnist.mnist5k_split("train")[0])
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), want.state_dict().values()))
+    kept = export_student("R", str(tmp_path / "kept"), results=str(tmp_path), paths=paths, recalibrate=False)
+    assert kept["batchnorm"].startswith("as trained")
+    same = pipebd.load_student(str(tmp_path / "kept")).state_dict()
+    assert all(torch.equal(same[k], v) for k, v in stitch(list(wl.student), paths).state_dict().items())
+    assert any(not torch.equal(same[k], v) for k, v in net.state_dict().items())  # recalibration changed something
 
 
 def pd_rows(tmp_path):
